@@ -1,0 +1,1 @@
+"""weaveDNS: the embedded weave.local name server."""

@@ -1,0 +1,1 @@
+"""The mesh: peer identity, connections, topology and the gossip channel."""

@@ -1,0 +1,1 @@
+"""Host plumbing through netlink (pyroute2): the weave bridge, container veths, iptables."""

@@ -1,0 +1,1 @@
+"""The Docker API proxy (issue: `eval $(weavepy env)`)."""

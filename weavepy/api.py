@@ -1,0 +1,92 @@
+"""The daemon's HTTP API (127.0.0.1:6784 by default): status, report, and the calls the CLI makes."""
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from weavepy import status
+from weavepy.host_network import UserError
+
+
+def build_app(daemon) -> web.Application:
+    net = daemon.network
+    routes = web.RouteTableDef()
+
+    def text(body: str, code: int = 200) -> web.Response:
+        return web.Response(text=body, status=code)
+
+    async def body_json(request) -> dict:
+        try:
+            data = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise web.HTTPBadRequest(text="request body must be JSON\n")
+        if not isinstance(data, dict):
+            raise web.HTTPBadRequest(text="request body must be a JSON object\n")
+        return data
+
+    @web.middleware
+    async def user_errors(request, handler):
+        try:
+            return await handler(request)
+        except UserError as exc:
+            return text(f"{exc}\n", exc.status)
+
+    @routes.get("/status")
+    async def get_status(request):
+        return text(status.status_text(daemon.report()))
+
+    @routes.get("/status/{section}")
+    async def get_section(request):
+        fmt = status.SECTIONS.get(request.match_info["section"])
+        if fmt is None:
+            return text(f"unknown status section '{request.match_info['section']}'\n", 404)
+        return text(fmt(daemon.report()))
+
+    @routes.get("/report")
+    async def get_report(request):
+        return web.json_response(daemon.report(), dumps=lambda o: json.dumps(o, indent=4))
+
+    @routes.post("/weavepy/attach")
+    async def attach(request):
+        d = await body_json(request)
+        cidrs = await net.attach(d["container"], d.get("addrs", []), d.get("multicast_route", True),
+                                 d.get("without_dns", False), d.get("rewrite_hosts", False), d.get("add_hosts", []))
+        return web.json_response({"addrs": [str(c) for c in cidrs]})
+
+    @routes.post("/weavepy/detach")
+    async def detach(request):
+        d = await body_json(request)
+        cidrs = await net.detach(d["container"], d.get("addrs", []))
+        return web.json_response({"addrs": [str(c) for c in cidrs]})
+
+    @routes.post("/weavepy/ps")
+    async def ps(request):
+        d = await body_json(request)
+        return web.json_response({"lines": await net.ps(d.get("containers", []))})
+
+    @routes.post("/weavepy/expose")
+    async def expose(request):
+        d = await body_json(request)
+        cidrs = await net.expose(d.get("addrs", []), d.get("masquerade", True))
+        return web.json_response({"addrs": [str(c) for c in cidrs]})
+
+    @routes.post("/weavepy/hide")
+    async def hide(request):
+        d = await body_json(request)
+        cidrs = await net.hide(d.get("addrs", []))
+        return web.json_response({"addrs": [str(c) for c in cidrs]})
+
+    @routes.get("/ipinfo/defaultsubnet")
+    async def default_subnet(request):
+        return text(str(daemon.allocator.default_subnet))
+
+    @routes.get("/ip")
+    async def owned(request):
+        owned = [{"containerid": ident, "addrs": [str(c) for c in o.cidrs]}
+                 for ident, o in daemon.allocator.owned.items()]
+        return web.json_response({"owned": owned or None})
+
+    app = web.Application(middlewares=[user_errors])
+    app.add_routes(routes)
+    return app

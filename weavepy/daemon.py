@@ -1,0 +1,149 @@
+"""The router daemon: one asyncio process per host that composes the parts.
+
+Started by `weavepy launch` (through the supervisor) or with --foreground.
+Reads its configuration from /run/weavepy/launch.json.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+
+from aiohttp import web
+
+from weavepy import config as cfg
+from weavepy import statefile
+from weavepy.api import build_app
+from weavepy.docker_client import DockerClient, DockerError
+from weavepy.host_network import HostNetwork
+from weavepy.ipam.allocator import Allocator
+from weavepy.mesh import peer_name
+from weavepy.net import bridge, iptables
+from weavepy import __version__, status
+
+log = logging.getLogger("weavepy")
+
+TICK_SECONDS = 5.0
+IPAM_FILE = "ipam.json"
+RECORDS_FILE = "containers.json"
+PEER_FILE = "peer.json"
+
+
+def choose_peer_name(config: cfg.LaunchConfig) -> str:
+    """--name, else the existing bridge's MAC (the name survives restarts with it), else derived."""
+    if config.name:
+        return config.name
+    existing = bridge.bridge_mac()
+    if existing:
+        return existing
+    return peer_name.derive()
+
+
+class Daemon:
+    def __init__(self, config: cfg.LaunchConfig):
+        self.config = config
+        self.started = time.time()
+        os.makedirs(cfg.STATE_DIR, exist_ok=True)
+        self.peer = choose_peer_name(config)
+        bridge.ensure_bridge(self.peer, config.mtu)
+        iptables.setup(bridge.BRIDGE)
+        statefile.write_json(cfg.state_path(PEER_FILE), {"name": self.peer, "nickname": config.effective_nickname})
+        self.allocator = Allocator(self.peer, config.universe, config.default_subnet, config.effective_nickname)
+        saved = statefile.read_json(cfg.state_path(IPAM_FILE))
+        if saved:
+            why = self.allocator.restore(saved)
+            if why:
+                log.warning("discarding persisted IPAM data: %s", why)
+        self.docker: DockerClient | None = None
+        self.network: HostNetwork | None = None
+        self.tasks: list[asyncio.Task] = []
+
+    def report(self) -> dict:
+        return status.build_report(self.config, self.peer, self.allocator, self.started)
+
+    async def watch_docker(self):
+        """Follow container events; after any break, catch up with what was missed."""
+        backoff = 0.2
+        while True:
+            try:
+                await self.network.reconcile()
+                backoff = 0.2
+                async for event in self.docker.events():
+                    try:
+                        await self.network.on_event(event)
+                    except Exception:
+                        log.exception("handling docker event %s", event.get("Action"))
+            except DockerError as exc:
+                log.warning("%s; retrying", exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def ticker(self):
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            try:
+                await self.network.tick()
+            except Exception:
+                log.exception("periodic tick")
+
+    async def run(self):
+        self.docker = DockerClient(self.config.docker_host)
+        self.network = HostNetwork(self.allocator, self.docker, self.config.mtu,
+                                   cfg.state_path(IPAM_FILE), cfg.state_path(RECORDS_FILE))
+        host, _, port = self.config.http_addr.rpartition(":")
+        runner = web.AppRunner(build_app(self), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, int(port)).start()
+        except OSError as exc:
+            raise SystemExit(f"weavepy: cannot listen on {self.config.http_addr}: {exc.strerror}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        self.tasks = [asyncio.create_task(self.watch_docker()), asyncio.create_task(self.ticker())]
+        statefile.write_json(cfg.run_path("ready.json"), {"pid": os.getpid(), "peer": self.peer})
+        log.info("weavepy %s ready: peer %s(%s), API on %s", __version__,
+                 self.peer, self.config.effective_nickname, self.config.http_addr)
+        await stop.wait()
+        log.info("stopping")
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await runner.cleanup()
+        await self.docker.close()
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    data = statefile.read_json(cfg.run_path(cfg.LAUNCH_FILE))
+    if data is None:
+        raise SystemExit(f"weavepy: no launch configuration at {cfg.run_path(cfg.LAUNCH_FILE)}")
+    config = cfg.LaunchConfig.from_dict(data).validate()
+    logging.getLogger().setLevel(config.log_level.upper())
+    try:
+        # Only the main loop: pyroute2 makes loops of its own in worker threads,
+        # and a uvloop loop cannot open netlink sockets.
+        from uvloop import new_event_loop as loop_factory
+    except ImportError:
+        loop_factory = None
+    with open(cfg.run_path(cfg.DAEMON_PID), "w") as f:
+        f.write(f"{os.getpid()}\n")
+    try:
+        daemon = Daemon(config)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(daemon.run())
+    finally:
+        try:
+            with open(cfg.run_path(cfg.DAEMON_PID)) as f:
+                if f.read().strip() == str(os.getpid()):
+                    os.unlink(cfg.run_path(cfg.DAEMON_PID))
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    main()

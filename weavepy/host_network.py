@@ -1,0 +1,309 @@
+"""The weave network on this host: containers' attachments and the host's own (expose).
+
+Every operation runs under one lock, so allocation, plumbing and persistence
+happen in a single order (as Weave's allocator is a single-threaded actor).
+A failed operation undoes what it did: no address stays allocated and no veth
+stays behind.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import time
+
+from weavepy.ipam.allocator import AllocationError, Allocator
+from weavepy.ipam.request import AddressError, AllocateIn, Claim, parse_requests
+from weavepy.net import bridge, iptables, veth
+from weavepy.net.arp import send_gratuitous_arp
+from weavepy import hosts_file, statefile
+from weavepy.docker_client import DockerClient, DockerError
+
+log = logging.getLogger("weavepy")
+
+EXPOSE_IDENT = "weave:expose"
+
+
+class UserError(Exception):
+    """A request we refuse; the message says what was wrong.  status is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class HostNetwork:
+    def __init__(self, allocator: Allocator, docker: DockerClient, mtu: int,
+                 ipam_file: str, records_file: str):
+        self.allocator = allocator
+        self.docker = docker
+        self.mtu = mtu
+        self.ipam_file = ipam_file
+        self.records_file = records_file
+        # container id -> how it was attached (so a restart can be attached the same way)
+        self.records: dict[str, dict] = statefile.read_json(records_file, {}) or {}
+        self.lock = asyncio.Lock()
+
+    # -- persistence -------------------------------------------------------
+    def persist(self):
+        statefile.write_json(self.ipam_file, self.allocator.snapshot())
+        statefile.write_json(self.records_file, self.records)
+
+    # -- containers ---------------------------------------------------------
+    async def _running_container(self, name: str) -> dict:
+        try:
+            info = await self.docker.inspect(name)
+        except DockerError as exc:
+            raise UserError(str(exc), exc.status) from None
+        if not info["State"].get("Running") or info["State"].get("Restarting"):
+            raise UserError(f"container {name} is not running")
+        if info["HostConfig"].get("NetworkMode") == "host":
+            raise UserError(f"container {name} uses the host's network (--net=host); it cannot be attached")
+        return info
+
+    def _acquire(self, ident: str, requests, is_container: bool) -> tuple[list, list]:
+        """Allocate or claim each request; returns (all addresses, the ones that are new)."""
+        cidrs, new = [], []
+        try:
+            for req in requests:
+                had = {c.ip for c in self.allocator.addresses(ident)}
+                if isinstance(req, AllocateIn):
+                    cidr = self.allocator.allocate(ident, req.subnet, is_container)
+                else:
+                    cidr = req.cidr
+                    self.allocator.claim(ident, cidr, is_container)
+                if cidr.ip not in had:
+                    new.append(cidr)
+                if cidr not in cidrs:
+                    cidrs.append(cidr)
+        except (AllocationError, AddressError) as exc:
+            self._release(ident, new)
+            raise UserError(str(exc)) from None
+        return cidrs, new
+
+    def _release(self, ident: str, cidrs):
+        for cidr in cidrs:
+            try:
+                self.allocator.free(ident, cidr.ip)
+            except AllocationError:
+                pass
+
+    async def attach(self, container: str, tokens: list[str], multicast_route: bool = True,
+                     without_dns: bool = False, rewrite_hosts: bool = False,
+                     add_hosts: list[str] | None = None) -> list[ipaddress.IPv4Interface]:
+        try:
+            requests = parse_requests(tokens, self.allocator.default_subnet)
+            extra_hosts = hosts_file.parse_add_hosts(add_hosts or [])
+        except (AddressError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+        async with self.lock:
+            info = await self._running_container(container)
+            cid, pid = info["Id"], info["State"]["Pid"]
+            cidrs, new = self._acquire(cid, requests, is_container=True)
+            try:
+                await asyncio.to_thread(veth.attach, pid, cidrs, self.mtu, multicast_route)
+            except Exception as exc:
+                self._release(cid, new)
+                raise UserError(f"attaching {container} failed: {exc}", 500) from None
+            self.records[cid] = {"name": info["Name"].lstrip("/"), "multicast_route": multicast_route,
+                                 "without_dns": without_dns, "rewrite_hosts": rewrite_hosts,
+                                 "add_hosts": add_hosts or []}
+            self.persist()
+            if rewrite_hosts:
+                self._rewrite_hosts(info, cidrs, extra_hosts)
+            log.info("attached %s (%s): %s", container, cid[:12], " ".join(map(str, cidrs)))
+            return cidrs
+
+    def _rewrite_hosts(self, info: dict, cidrs, extra_hosts):
+        path = info.get("HostsPath")
+        if not path or not os.path.exists(path):
+            return
+        cfg = info["Config"]
+        fqdn = cfg.get("Hostname", "")
+        if cfg.get("Domainname"):
+            fqdn = f"{fqdn}.{cfg['Domainname']}"
+        hosts_file.rewrite(path, fqdn, [c.ip for c in self.allocator.addresses(info["Id"])], extra_hosts)
+
+    def _select(self, ident: str, tokens: list[str]) -> list[ipaddress.IPv4Interface]:
+        owned = self.allocator.addresses(ident)
+        if not tokens:
+            return owned
+        try:
+            requests = parse_requests(tokens, self.allocator.default_subnet)
+        except AddressError as exc:
+            raise UserError(str(exc)) from None
+        chosen = []
+        for token, req in zip(tokens, requests):
+            if isinstance(req, AllocateIn):
+                match = self.allocator.addresses_in(ident, req.subnet)
+            else:
+                match = [c for c in owned if c.ip == req.cidr.ip]
+            if not match:
+                raise UserError(f"no address matching {token} is attached")
+            chosen += [c for c in match if c not in chosen]
+        return chosen
+
+    async def detach(self, container: str, tokens: list[str]) -> list[ipaddress.IPv4Interface]:
+        async with self.lock:
+            try:
+                info = await self.docker.inspect(container)
+            except DockerError as exc:
+                raise UserError(str(exc), exc.status) from None
+            cid = info["Id"]
+            if not self.allocator.addresses(cid):
+                raise UserError(f"container {container} is not attached to the weave network")
+            chosen = self._select(cid, tokens)
+            if info["State"].get("Running"):
+                await asyncio.to_thread(veth.remove_addresses, info["State"]["Pid"], chosen)
+            for cidr in chosen:
+                self.allocator.free(cid, cidr.ip)
+            if not self.allocator.addresses(cid):
+                self.records.pop(cid, None)
+            self.persist()
+            return chosen
+
+    async def ps(self, containers: list[str]) -> list[str]:
+        lines = []
+        if not containers:
+            mac = await asyncio.to_thread(bridge.bridge_mac) or ""
+            exposed = await asyncio.to_thread(bridge.addresses)
+            lines.append(" ".join([EXPOSE_IDENT, mac, *map(str, exposed)]))
+            idents = [i for i in self.records] + [i for i, o in self.allocator.owned.items()
+                                                   if o.is_container and i not in self.records]
+        else:
+            idents = []
+            for name in containers:
+                try:
+                    idents.append((await self.docker.inspect(name))["Id"])
+                except DockerError as exc:
+                    raise UserError(str(exc), exc.status) from None
+        for cid in idents:
+            try:
+                info = await self.docker.inspect(cid)
+            except DockerError:
+                continue
+            if not info["State"].get("Running"):
+                continue
+            iface = await asyncio.to_thread(veth.inspect, info["State"]["Pid"])
+            if iface is not None:
+                lines.append(" ".join([cid[:12], iface.mac, *map(str, iface.cidrs)]))
+        return lines
+
+    # -- the host itself ---------------------------------------------------
+    async def expose(self, tokens: list[str], masquerade: bool = True) -> list[ipaddress.IPv4Interface]:
+        try:
+            requests = parse_requests(tokens, self.allocator.default_subnet)
+        except AddressError as exc:
+            raise UserError(str(exc)) from None
+        async with self.lock:
+            cidrs, new = self._acquire(EXPOSE_IDENT, requests, is_container=False)
+            try:
+                await asyncio.to_thread(self._plumb_expose, cidrs, masquerade)
+            except Exception as exc:
+                self._release(EXPOSE_IDENT, new)
+                raise UserError(f"expose failed: {exc}", 500) from None
+            rec = self.records.setdefault(EXPOSE_IDENT, {"masquerade": {}})
+            for c in cidrs:
+                rec["masquerade"][str(c)] = masquerade
+            self.persist()
+            return cidrs
+
+    @staticmethod
+    def _plumb_expose(cidrs, masquerade: bool):
+        for c in cidrs:
+            bridge.add_address(c)
+            iptables.expose(c.network, masquerade)
+        mac = bridge.bridge_mac()
+        send_gratuitous_arp(bridge.BRIDGE, mac, [c.ip for c in cidrs])
+
+    async def hide(self, tokens: list[str]) -> list[ipaddress.IPv4Interface]:
+        async with self.lock:
+            chosen = self._select(EXPOSE_IDENT, tokens) if self.allocator.addresses(EXPOSE_IDENT) else []
+            for cidr in chosen:
+                self.allocator.free(EXPOSE_IDENT, cidr.ip)
+            remaining = {c.network for c in self.allocator.addresses(EXPOSE_IDENT)}
+
+            def unplumb():
+                for c in chosen:
+                    bridge.del_address(c)
+                    if c.network not in remaining:
+                        iptables.hide(c.network)
+            await asyncio.to_thread(unplumb)
+            rec = self.records.get(EXPOSE_IDENT, {"masquerade": {}})
+            for c in chosen:
+                rec["masquerade"].pop(str(c), None)
+            if not rec["masquerade"]:
+                self.records.pop(EXPOSE_IDENT, None)
+            self.persist()
+            return chosen
+
+    # -- keeping up with Docker --------------------------------------------
+    async def reconcile(self):
+        """Bring state in line with what runs now: after our start and after the event stream broke."""
+        running = await self.docker.running_ids()
+        async with self.lock:
+            pruned = self.allocator.prune(running)
+            for ident in pruned:
+                self.records.pop(ident, None)
+                log.info("container %s went while we were away; freed %s", ident[:12],
+                         " ".join(map(str, pruned[ident])))
+            self.persist()
+            exposed = self.allocator.addresses(EXPOSE_IDENT)
+            if exposed:
+                masq = self.records.get(EXPOSE_IDENT, {}).get("masquerade", {})
+                for c in exposed:
+                    await asyncio.to_thread(self._plumb_expose, [c], masq.get(str(c), True))
+        for cid in running:
+            if self.allocator.addresses(cid):
+                await self._reattach(cid)
+
+    async def _reattach(self, cid: str):
+        """Give a (re)started container back its addresses, as it was attached before."""
+        async with self.lock:
+            cidrs = self.allocator.addresses(cid)
+            if not cidrs:
+                return
+            try:
+                info = await self.docker.inspect(cid)
+            except DockerError:
+                return
+            if not info["State"].get("Running"):
+                return
+            rec = self.records.get(cid, {})
+            try:
+                await asyncio.to_thread(veth.attach, info["State"]["Pid"], cidrs, self.mtu,
+                                        rec.get("multicast_route", True))
+            except Exception as exc:
+                log.warning("re-attaching %s failed: %s", cid[:12], exc)
+                return
+            if rec.get("rewrite_hosts"):
+                self._rewrite_hosts(info, cidrs, hosts_file.parse_add_hosts(rec.get("add_hosts", [])))
+            log.info("re-attached %s: %s", cid[:12], " ".join(map(str, cidrs)))
+
+    async def on_event(self, event: dict):
+        cid, action = event.get("id") or event.get("Actor", {}).get("ID"), event.get("Action") or event.get("status")
+        if not cid:
+            return
+        if action == "start":
+            self.allocator.container_started(cid)
+            if self.allocator.addresses(cid):
+                await self._reattach(cid)
+        elif action == "die":
+            self.allocator.container_died(cid, time.monotonic())
+        elif action == "destroy":
+            async with self.lock:
+                freed = self.allocator.container_destroyed(cid)
+                self.records.pop(cid, None)
+                if freed:
+                    self.persist()
+                    log.info("container %s destroyed; freed %s", cid[:12], " ".join(map(str, freed)))
+
+    async def tick(self):
+        async with self.lock:
+            expired = self.allocator.remove_dead(time.monotonic())
+            for ident, freed in expired.items():
+                self.records.pop(ident, None)
+                log.info("container %s stayed dead; freed %s", ident[:12], " ".join(map(str, freed)))
+            if expired:
+                self.persist()

@@ -1,0 +1,129 @@
+"""`weavepy status` and `weavepy report`: the daemon's report and its text forms, in Weave's formats."""
+from __future__ import annotations
+
+from weavepy import __version__
+
+PROTOCOL_MIN, PROTOCOL_MAX = 1, 2
+
+
+def build_report(config, peer: str, allocator, started: float) -> dict:
+    nick = config.effective_nickname
+    ring = allocator.ring
+    sizes = ring.peer_sizes()
+    entries = []
+    for i, e in enumerate(ring.entries):
+        lo, hi = ring._span(i)
+        entries.append({"Token": _ip(lo), "Size": hi - lo, "Peer": e.peer, "Nickname": nick if e.peer == peer else "",
+                        "IsKnownPeer": e.peer == peer, "Version": e.version})
+    return {
+        "Ready": True,
+        "Version": __version__,
+        "Router": {
+            "Protocol": "weave",
+            "ProtocolMinVersion": PROTOCOL_MIN,
+            "ProtocolMaxVersion": PROTOCOL_MAX,
+            "Encryption": bool(config.password),
+            "PeerDiscovery": config.discovery,
+            "Name": peer,
+            "NickName": nick,
+            "Port": config.port,
+            "Peers": [{"Name": peer, "NickName": nick, "Connections": []}],
+            "Connections": [],
+            "Targets": list(config.peers),
+            "TrustedSubnets": list(config.trusted_subnets),
+        },
+        "IPAM": {
+            "Status": allocator.status_word(),
+            "Range": str(allocator.universe),
+            "RangeNumIPs": allocator.universe.num_addresses,
+            "ActiveIPs": allocator.active_count(),
+            "DefaultSubnet": str(allocator.default_subnet),
+            "Entries": entries,
+            "PeerSizes": sizes,
+            "PendingClaims": [],
+            "PendingAllocates": [],
+        },
+    }
+
+
+def _ip(n: int) -> str:
+    return ".".join(str((n >> s) & 255) for s in (24, 16, 8, 0))
+
+
+def _block(rows) -> list[str]:
+    return [f"{k:>15}: {v}" for k, v in rows]
+
+
+def status_text(report: dict) -> str:
+    r, ipam = report["Router"], report["IPAM"]
+    conns = r["Connections"]
+    lines = [""] + _block([("Version", f"{report['Version']}")]) + [""]
+    lines += _block([
+        ("Service", "router"),
+        ("Protocol", f"{r['Protocol']} {r['ProtocolMinVersion']}..{r['ProtocolMaxVersion']}"),
+        ("Name", f"{r['Name']}({r['NickName']})"),
+        ("Encryption", "enabled" if r["Encryption"] else "disabled"),
+        ("PeerDiscovery", "enabled" if r["PeerDiscovery"] else "disabled"),
+        ("Targets", len(r["Targets"])),
+        ("Connections", _connection_summary(conns)),
+        ("Peers", len(r["Peers"])),
+        ("TrustedSubnets", ", ".join(r["TrustedSubnets"]) or "none"),
+    ]) + [""]
+    lines += _block([
+        ("Service", "ipam"),
+        ("Status", ipam["Status"]),
+        ("Range", ipam["Range"]),
+        ("DefaultSubnet", ipam["DefaultSubnet"]),
+    ])
+    return "\n".join(lines) + "\n"
+
+
+def _connection_summary(conns) -> str:
+    if not conns:
+        return "0"
+    counts: dict[str, int] = {}
+    for c in conns:
+        counts[c["State"]] = counts.get(c["State"], 0) + 1
+    return f"{len(conns)} (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
+
+
+def targets_text(report: dict) -> str:
+    return "".join(f"{t}\n" for t in report["Router"]["Targets"])
+
+
+def connections_text(report: dict) -> str:
+    return "".join(f"{'->' if c.get('Outbound') else '<-'} {c['Address']:<21} {c['State']:<11} {c.get('Info', '')}\n"
+                   for c in report["Router"]["Connections"])
+
+
+def peers_text(report: dict) -> str:
+    out = []
+    for p in report["Router"]["Peers"]:
+        out.append(f"{p['Name']}({p['NickName']})")
+        for c in p["Connections"]:
+            out.append(f"   -> {c['Address']:<21} {c['Name']}({c['NickName']}) "
+                       f"{'established' if c.get('Established') else 'pending'}")
+    return "".join(line + "\n" for line in out)
+
+
+def ipam_text(report: dict) -> str:
+    """One line per peer owning ring space, ours first (empty while the ring is empty)."""
+    ipam, me = report["IPAM"], report["Router"]["Name"]
+    total = ipam["RangeNumIPs"]
+    nick = {p["Name"]: p["NickName"] for p in report["Router"]["Peers"]}
+    sizes = ipam["PeerSizes"]
+    out = []
+    for peer in sorted(sizes, key=lambda p: p != me):
+        size = sizes[peer]
+        suffix = f"({ipam['ActiveIPs']} active)" if peer == me else ("" if peer in nick else "- unreachable!")
+        label = f"{peer}({nick.get(peer, '')})"
+        out.append(f"{label:<37} {size:>8} IPs ({100.0 * size / total:04.1f}% of total) {suffix}".rstrip())
+    return "".join(line + "\n" for line in out)
+
+
+SECTIONS = {
+    "targets": targets_text,
+    "connections": connections_text,
+    "peers": peers_text,
+    "ipam": ipam_text,
+}
