@@ -88,6 +88,30 @@ class Host:
     def weavepy(self, *args, check=True, timeout=60, env=None) -> subprocess.CompletedProcess:
         return self.run(self.bed.weavepy_argv + list(args), check=check, timeout=timeout, env=env)
 
+    # -- what a user would look at -----------------------------------------
+    def ethwe(self, container: str) -> list[str]:
+        """The CIDRs on a container's ethwe ([] when it has none)."""
+        out = self.docker("exec", container, "ip", "-4", "-o", "addr", "show", "dev", "ethwe", check=False)
+        return [w[w.index("inet") + 1] for w in (line.split() for line in out.splitlines()) if "inet" in w]
+
+    def ping(self, container: str, ip: str, timeout: int = 2) -> bool:
+        return self.run(["docker", "exec", container, "ping", "-c1", f"-W{timeout}", ip], check=False).returncode == 0
+
+    def host_ping(self, ip: str, timeout: int = 2) -> bool:
+        return self.run(["busybox", "ping", "-c1", f"-W{timeout}", ip], check=False).returncode == 0
+
+    def veths(self) -> list[str]:
+        out = self.run(["ip", "-o", "link", "show"]).stdout
+        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if "vethwepl" in line]
+
+    def links(self) -> list[str]:
+        out = self.run(["ip", "-o", "link", "show"]).stdout
+        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+    def daemon_pid(self) -> int | None:
+        out = self.run("cat /run/weavepy/weavepy.pid", check=False).stdout.strip()
+        return int(out) if out.isdigit() else None
+
     # -- life cycle -----------------------------------------------------------
     def create(self):
         self.dir.mkdir(parents=True)

@@ -1,0 +1,43 @@
+"""The command line, where it needs no daemon: help, and input refused before anything happens."""
+import subprocess
+import sys
+
+import pytest
+
+
+def weavepy(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "weavepy.cli", *args], capture_output=True, text=True,
+                          env={"WEAVEPY_RUN_DIR": "/nonexistent-weavepy-test", "PATH": "/usr/bin:/bin",
+                               "WEAVEPY_HTTP_ADDR": "127.0.0.1:1", **(env or {})})
+
+
+@pytest.mark.parametrize("cmd", ["launch", "stop", "reset", "version", "status", "report", "run", "attach",
+                                 "detach", "ps", "expose", "hide"])
+def test_every_command_has_help(cmd):
+    r = weavepy(cmd, "--help")
+    assert r.returncode == 0 and r.stdout.startswith(f"Usage: weavepy {cmd}")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["attach", "10.2.1.1/33", "c1"], "10.2.1.1/33"),
+    (["attach", "10.2.1.1", "c1"], "prefix length"),
+    (["attach", "net:10.32.0.0/31", "c1"], "too small"),
+    (["attach", "bogus", "c1"], "'bogus'"),
+    (["run", "net:foo", "busybox"], "net:foo"),
+    (["launch", "--ipalloc-range", "10.32.0.1/12"], "not all zero"),
+    (["launch", "--ipalloc-range", "10.32.0.0/12", "--ipalloc-default-subnet", "192.168.0.0/24"], "does not overlap"),
+    (["launch", "--mtu", "abc"], "--mtu"),
+    (["launch", "--name", "nonsense"], "nonsense"),
+    (["attach", "--bogus", "c1"], "unknown option --bogus"),
+    (["frobnicate"], "unknown command"),
+])
+def test_bad_input_exits_1_naming_the_problem(args, words):
+    r = weavepy(*args)
+    assert r.returncode == 1
+    assert words in r.stderr
+    assert r.stdout == ""
+
+
+def test_commands_say_when_the_daemon_is_not_running():
+    r = weavepy("status")
+    assert r.returncode == 1 and "not running" in r.stderr
