@@ -1,12 +1,16 @@
 """The command line, where it needs no daemon: help, and input refused before anything happens."""
+import os
 import subprocess
 import sys
 
 import pytest
 
+# The installed command, as users run it (next to this interpreter, i.e. in the venv).
+WEAVEPY = os.path.join(os.path.dirname(sys.executable), "weavepy")
+
 
 def weavepy(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "weavepy.cli", *args], capture_output=True, text=True,
+    return subprocess.run([WEAVEPY, *args], capture_output=True, text=True,
                           env={"WEAVEPY_RUN_DIR": "/nonexistent-weavepy-test", "PATH": "/usr/bin:/bin",
                                "WEAVEPY_HTTP_ADDR": "127.0.0.1:1", **(env or {})})
 

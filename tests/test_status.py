@@ -1,7 +1,7 @@
 import ipaddress
 
 from weavepy import status
-from weavepy.config import LaunchConfig
+from weavepy.launch_config import LaunchConfig
 from weavepy.ipam.allocator import Allocator
 
 PEER = "02:00:00:00:00:01"

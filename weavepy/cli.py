@@ -5,10 +5,7 @@ daemon does the work and this talks to it over its HTTP API.
 """
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
 import time
 
@@ -141,7 +138,8 @@ LAUNCH_VALUED = {"--name", "--nickname", "--ipalloc-range", "--ipalloc-default-s
                  "--log-level", "--docker-host"}
 
 
-def launch_config(args: list[str]) -> tuple[cfg.LaunchConfig, dict]:
+def launch_config(args: list[str]):
+    from weavepy.launch_config import ConfigError, LaunchConfig
     peers, o = split_args(args, LAUNCH_FLAGS, LAUNCH_VALUED)
     last = lambda k, d=None: o[k][-1] if k in o else d
 
@@ -152,7 +150,7 @@ def launch_config(args: list[str]) -> tuple[cfg.LaunchConfig, dict]:
         except (TypeError, ValueError):
             raise CLIError(f"{flag}: '{v}' is not a number") from None
 
-    c = cfg.LaunchConfig(
+    c = LaunchConfig(
         peers=peers,
         name=last("--name"),
         nickname=last("--nickname"),
@@ -172,7 +170,7 @@ def launch_config(args: list[str]) -> tuple[cfg.LaunchConfig, dict]:
     )
     try:
         c.validate()
-    except cfg.ConfigError as exc:
+    except ConfigError as exc:
         raise CLIError(str(exc)) from None
     return c, o
 
@@ -189,16 +187,15 @@ def cmd_launch(args):
             os.unlink(cfg.run_path(stale))
         except FileNotFoundError:
             pass
-    module = "weavepy.supervisor" if config.restart else "weavepy.daemon"
     if "--foreground" in opts:
-        os.execv(sys.executable, [sys.executable, "-m", "weavepy.daemon"])
-    log = open(cfg.run_path(cfg.LOG_FILE), "ab")
-    proc = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-    log.close()
+        from weavepy import daemon
+        daemon.main()
+        return
+    from weavepy import supervisor
+    child = supervisor.detach_and_run(config.restart, cfg.run_path(cfg.LOG_FILE))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if os.waitpid(child, os.WNOHANG)[0]:
             tail = open(cfg.run_path(cfg.LOG_FILE), errors="replace").read().splitlines()[-5:]
             raise CLIError("the router failed to start:\n  " + "\n  ".join(tail))
         report = client.get_json("/report", timeout=0.5, quiet=True)
@@ -316,6 +313,7 @@ def cmd_run(args):
     check_addrs(addrs)
     if not client.answers():
         raise CLIError("weavepy is not running. Have you launched it?")
+    import subprocess
     proc = subprocess.run(["docker", "run", "-d", *docker_args], stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         sys.exit(proc.returncode or 1)

@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
-import urllib.error
-import urllib.request
 
 from weavepy import config as cfg
 from weavepy import statefile
@@ -23,24 +22,39 @@ def http_addr() -> str:
     return os.environ.get("WEAVEPY_HTTP_ADDR") or launched.get("http_addr") or cfg.DEFAULT_HTTP_ADDR
 
 
-def _open(method: str, path: str, body: bytes | None = None, timeout: float = 120.0):
-    req = urllib.request.Request(f"http://{http_addr()}{path}", data=body, method=method,
-                                 headers={"Content-Type": "application/json"} if body is not None else {})
-    return urllib.request.urlopen(req, timeout=timeout)
-
-
 def request(method: str, path: str, body=None, timeout: float = 120.0) -> str:
-    data = json.dumps(body).encode() if body is not None else None
+    """One HTTP/1.0 exchange with our own daemon.
+
+    Plain sockets rather than http.client: importing that (email, ssl) costs
+    ~60 ms, which would be most of an attach.  The daemon answers with a
+    Content-Length and closes, so reading to EOF is the whole protocol.
+    """
+    addr = http_addr()
+    host, _, port = addr.rpartition(":")
+    data = json.dumps(body).encode() if body is not None else b""
+    head = (f"{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode()
     try:
-        with _open(method, path, data, timeout) as resp:
-            return resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        raise ClientError(exc.read().decode(errors="replace").strip() or f"HTTP {exc.code}") from None
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, ConnectionRefusedError):
-            raise ClientError(NOT_RUNNING) from None
-        raise ClientError(f"cannot reach the weavepy daemon at {http_addr()}: {reason}") from None
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.sendall(head + data)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except ConnectionRefusedError:
+        raise ClientError(NOT_RUNNING) from None
+    except OSError as exc:
+        raise ClientError(f"cannot reach the weavepy daemon at {addr}: {exc}") from None
+    reply = b"".join(chunks)
+    status_line, _, rest = reply.partition(b"\r\n")
+    _, _, text = rest.partition(b"\r\n\r\n")
+    try:
+        status = int(status_line.split()[1])
+    except (IndexError, ValueError):
+        raise ClientError(f"unexpected reply from the weavepy daemon at {addr}") from None
+    text = text.decode(errors="replace")
+    if status >= 400:
+        raise ClientError(text.strip() or f"HTTP {status}")
+    return text
 
 
 def post(path: str, body: dict) -> dict:

@@ -1,13 +1,7 @@
-"""Where weavepy keeps things, and the launch configuration shared by CLI and daemon."""
+"""Where weavepy keeps things, and its defaults (kept import-light: every CLI command loads it)."""
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
-from dataclasses import asdict, dataclass, field
-
-from weavepy.ipam.request import AddressError, check_allocatable, parse_subnet
-from weavepy.mesh import peer_name
 
 STATE_DIR = os.environ.get("WEAVEPY_STATE_DIR", "/var/lib/weavepy")
 RUN_DIR = os.environ.get("WEAVEPY_RUN_DIR", "/run/weavepy")
@@ -29,82 +23,3 @@ LAUNCH_FILE = "launch.json"
 DAEMON_PID = "weavepy.pid"
 SUPERVISOR_PID = "supervisor.pid"
 LOG_FILE = "weavepy.log"
-
-
-class ConfigError(ValueError):
-    pass
-
-
-@dataclass
-class LaunchConfig:
-    peers: list[str] = field(default_factory=list)
-    name: str | None = None
-    nickname: str | None = None
-    ipalloc_range: str = DEFAULT_RANGE
-    ipalloc_default_subnet: str | None = None
-    ipalloc_init: str | None = None
-    mtu: int = DEFAULT_MTU
-    port: int = DEFAULT_PORT
-    password: str | None = None
-    trusted_subnets: list[str] = field(default_factory=list)
-    discovery: bool = True
-    conn_limit: int = 200
-    http_addr: str = DEFAULT_HTTP_ADDR
-    restart: bool = True
-    log_level: str = "info"
-    docker_host: str = "unix:///var/run/docker.sock"
-
-    def validate(self) -> "LaunchConfig":
-        try:
-            universe = parse_subnet(self.ipalloc_range, "--ipalloc-range")
-            check_allocatable(universe, f"--ipalloc-range {universe}")
-            if self.ipalloc_default_subnet:
-                default = parse_subnet(self.ipalloc_default_subnet, "--ipalloc-default-subnet")
-                check_allocatable(default, f"--ipalloc-default-subnet {default}")
-                if not default.overlaps(universe):
-                    raise ConfigError(f"IP address allocation default subnet {default} does not overlap "
-                                      f"with allocation range {universe}")
-            for s in self.trusted_subnets:
-                parse_subnet(s, "--trusted-subnets")
-        except AddressError as exc:
-            raise ConfigError(str(exc)) from None
-        if self.name:
-            try:
-                self.name = peer_name.parse(self.name)
-            except peer_name.PeerNameError as exc:
-                raise ConfigError(f"--name: {exc}") from None
-        if not 68 <= self.mtu <= 65535:
-            raise ConfigError(f"invalid MTU {self.mtu}: must be between 68 and 65535")
-        if not 1 <= self.port <= 65534:
-            raise ConfigError(f"invalid port {self.port}")
-        host, _, port = self.http_addr.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"invalid --http-addr '{self.http_addr}': expected HOST:PORT")
-        if self.ipalloc_init is not None:
-            mode = self.ipalloc_init.split("=", 1)[0]
-            if mode not in ("consensus", "seed", "observer"):
-                raise ConfigError(f"Unable to parse --ipalloc-init: unknown mode: {mode}")
-        for peer in self.peers:
-            if not peer or peer.startswith("-"):
-                raise ConfigError(f"invalid peer address '{peer}'")
-        return self
-
-    @property
-    def universe(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(self.ipalloc_range)
-
-    @property
-    def default_subnet(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(self.ipalloc_default_subnet or self.ipalloc_range)
-
-    @property
-    def effective_nickname(self) -> str:
-        return self.nickname or socket.gethostname()
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "LaunchConfig":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)

@@ -15,6 +15,7 @@ import time
 from aiohttp import web
 
 from weavepy import config as cfg
+from weavepy.launch_config import ConfigError, LaunchConfig
 from weavepy import statefile
 from weavepy.api import build_app
 from weavepy.docker_client import DockerClient, DockerError
@@ -32,7 +33,7 @@ RECORDS_FILE = "containers.json"
 PEER_FILE = "peer.json"
 
 
-def choose_peer_name(config: cfg.LaunchConfig) -> str:
+def choose_peer_name(config: LaunchConfig) -> str:
     """--name, else the existing bridge's MAC (the name survives restarts with it), else derived."""
     if config.name:
         return config.name
@@ -43,7 +44,7 @@ def choose_peer_name(config: cfg.LaunchConfig) -> str:
 
 
 class Daemon:
-    def __init__(self, config: cfg.LaunchConfig):
+    def __init__(self, config: LaunchConfig):
         self.config = config
         self.started = time.time()
         os.makedirs(cfg.STATE_DIR, exist_ok=True)
@@ -122,7 +123,7 @@ def main(argv=None):
     data = statefile.read_json(cfg.run_path(cfg.LAUNCH_FILE))
     if data is None:
         raise SystemExit(f"weavepy: no launch configuration at {cfg.run_path(cfg.LAUNCH_FILE)}")
-    config = cfg.LaunchConfig.from_dict(data).validate()
+    config = LaunchConfig.from_dict(data).validate()
     logging.getLogger().setLevel(config.log_level.upper())
     try:
         # Only the main loop: pyroute2 makes loops of its own in worker threads,

@@ -44,6 +44,7 @@ class HostNetwork:
         # container id -> how it was attached (so a restart can be attached the same way)
         self.records: dict[str, dict] = statefile.read_json(records_file, {}) or {}
         self.lock = asyncio.Lock()
+        self._background: set[asyncio.Task] = set()
 
     # -- persistence -------------------------------------------------------
     def persist(self):
@@ -102,10 +103,11 @@ class HostNetwork:
             cid, pid = info["Id"], info["State"]["Pid"]
             cidrs, new = self._acquire(cid, requests, is_container=True)
             try:
-                await asyncio.to_thread(veth.attach, pid, cidrs, self.mtu, multicast_route)
+                _, mac = await asyncio.to_thread(veth.attach, pid, cidrs, self.mtu, multicast_route)
             except Exception as exc:
                 self._release(cid, new)
                 raise UserError(f"attaching {container} failed: {exc}", 500) from None
+            self._announce(pid, mac, cidrs)
             self.records[cid] = {"name": info["Name"].lstrip("/"), "multicast_route": multicast_route,
                                  "without_dns": without_dns, "rewrite_hosts": rewrite_hosts,
                                  "add_hosts": add_hosts or []}
@@ -114,6 +116,17 @@ class HostNetwork:
                 self._rewrite_hosts(info, cidrs, extra_hosts)
             log.info("attached %s (%s): %s", container, cid[:12], " ".join(map(str, cidrs)))
             return cidrs
+
+    def _announce(self, pid: int, mac: str, cidrs):
+        """Gratuitous ARP in the background; the reply need not wait for it."""
+        async def send():
+            try:
+                await asyncio.to_thread(veth.announce, pid, mac, cidrs)
+            except Exception as exc:  # the container may already be gone
+                log.debug("gratuitous ARP for %s: %s", pid, exc)
+        task = asyncio.create_task(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _rewrite_hosts(self, info: dict, cidrs, extra_hosts):
         path = info.get("HostsPath")
@@ -271,12 +284,13 @@ class HostNetwork:
             if not info["State"].get("Running"):
                 return
             rec = self.records.get(cid, {})
+            pid = info["State"]["Pid"]
             try:
-                await asyncio.to_thread(veth.attach, info["State"]["Pid"], cidrs, self.mtu,
-                                        rec.get("multicast_route", True))
+                _, mac = await asyncio.to_thread(veth.attach, pid, cidrs, self.mtu, rec.get("multicast_route", True))
             except Exception as exc:
                 log.warning("re-attaching %s failed: %s", cid[:12], exc)
                 return
+            self._announce(pid, mac, cidrs)
             if rec.get("rewrite_hosts"):
                 self._rewrite_hosts(info, cidrs, hosts_file.parse_add_hosts(rec.get("add_hosts", [])))
             log.info("re-attached %s: %s", cid[:12], " ".join(map(str, cidrs)))
