@@ -197,3 +197,39 @@ def test_expose_hide_and_reset_leave_nothing(h):
     assert "WEAVE" not in rules
     assert h.run("ls -A /var/lib/weavepy").stdout.strip() == ""
     assert h.ethwe("c1") == []
+
+
+def test_net_none_and_default_bridge_containers(h):
+    h.weavepy("run", "-t", "--name", "c1", "busybox", "sh")
+    h.docker("run", "-dt", "--net=none", "--name", "lonely", "busybox", "sh")
+    addr = h.weavepy("attach", "lonely").stdout.strip()
+    assert h.ethwe("lonely") == [addr + "/12"]
+    assert h.ping("lonely", "10.32.0.1")
+    # a container on Docker's bridge keeps eth0 and its route out
+    routes = h.docker("exec", "c1", "ip", "route")
+    assert "default via 172.17.0.1 dev eth0" in routes
+    assert "224.0.0.0/4 dev ethwe" in routes
+    assert "mtu 1376" in h.docker("exec", "c1", "ip", "link", "show", "ethwe")
+
+
+def test_attach_options(h):
+    h.docker("run", "-dt", "--name", "quiet", "-h", "quiet.weave.local", "busybox", "sh")
+    addr = h.weavepy("attach", "--no-multicast-route", "--rewrite-hosts", "--add-host", "db:10.32.9.9",
+                     "quiet").stdout.strip()
+    assert "224.0.0.0/4" not in h.docker("exec", "quiet", "ip", "route")
+    hosts = h.docker("exec", "quiet", "cat", "/etc/hosts")
+    assert f"{addr}\tquiet.weave.local quiet" in hosts and "10.32.9.9\tdb" in hosts
+    assert h.docker("exec", "quiet", "hostname", "-i").split()[0] == addr
+    bad = h.weavepy("attach", "--add-host", "nocolon", "quiet", check=False)
+    assert bad.returncode == 1 and "--add-host" in bad.stderr
+
+
+def test_no_restart_means_no_restart(h):
+    h.weavepy("stop")
+    h.weavepy("launch", "--no-restart")
+    pid = h.daemon_pid()
+    h.run(["kill", "-9", str(pid)])
+    time.sleep(1.5)
+    r = h.weavepy("status", check=False)
+    assert r.returncode == 1 and "not running" in r.stderr
+    assert h.weavepy("launch").returncode == 0  # a stale PID file does not block a new launch
