@@ -25,3 +25,8 @@ def testbed():
         yield bed
     finally:
         bed.teardown()
+
+
+@pytest.fixture(scope="session")
+def hosts(testbed):
+    return testbed.add_hosts(2)

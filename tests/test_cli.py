@@ -15,7 +15,7 @@ def weavepy(*args, env=None):
                                "WEAVEPY_HTTP_ADDR": "127.0.0.1:1", **(env or {})})
 
 
-@pytest.mark.parametrize("cmd", ["launch", "stop", "reset", "version", "status", "report", "run", "attach",
+@pytest.mark.parametrize("cmd", ["launch", "stop", "reset", "version", "status", "report", "run", "attach", "dns-args", "dns-add", "dns-remove", "dns-lookup",
                                  "detach", "ps", "expose", "hide"])
 def test_every_command_has_help(cmd):
     r = weavepy(cmd, "--help")
@@ -32,6 +32,8 @@ def test_every_command_has_help(cmd):
     (["launch", "--ipalloc-range", "10.32.0.0/12", "--ipalloc-default-subnet", "192.168.0.0/24"], "does not overlap"),
     (["launch", "--mtu", "abc"], "--mtu"),
     (["launch", "--name", "nonsense"], "nonsense"),
+    (["launch", "--dns-listen-address", "nowhere:53"], "nowhere"),
+    (["dns-add", "10.32.0.9"], "-h <fqdn>"),
     (["attach", "--bogus", "c1"], "unknown option --bogus"),
     (["frobnicate"], "unknown command"),
 ])

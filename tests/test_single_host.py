@@ -7,12 +7,9 @@ import time
 
 import pytest
 
+from testbed import wait_for
+
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="session")
-def hosts(testbed):
-    return testbed.add_hosts(2)
 
 
 @pytest.fixture
@@ -30,16 +27,6 @@ def h(hosts):
 def owned(host) -> dict:
     data = json.loads(host.run(["busybox", "wget", "-qO-", "http://127.0.0.1:6784/ip"]).stdout)
     return {o["containerid"]: o["addrs"] for o in data["owned"] or []}
-
-
-def wait_for(predicate, timeout=10.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def test_testbed_hosts_share_a_lan(hosts):

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -107,6 +108,11 @@ class Host:
     def links(self) -> list[str]:
         out = self.run(["ip", "-o", "link", "show"]).stdout
         return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+    def dns_query(self, server: str, name: str, qtype: str = "A", transport: str = "udp") -> dict:
+        import json
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dns_query.py")
+        return json.loads(self.run([sys.executable, script, server, name, qtype, transport]).stdout)
 
     def daemon_pid(self) -> int | None:
         out = self.run("cat /run/weavepy/weavepy.pid", check=False).stdout.strip()
@@ -234,6 +240,7 @@ class Testbed:
         self.weavepy_argv = weavepy_argv or [shutil.which("weavepy") or "weavepy"]
         self._created_lan = False
         self._bound_ns_dir = False
+        self.stubs: list[subprocess.Popen] = []
 
     def __enter__(self):
         return self
@@ -276,10 +283,28 @@ class Testbed:
             host.load_image()
         return new
 
+    def start_dns_stub(self) -> subprocess.Popen:
+        """A stub upstream resolver at the address every host's resolv.conf names (torn down with the bed)."""
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dns_stub.py")
+        proc = subprocess.Popen(["ip", "netns", "exec", self.lan_netns, sys.executable, script,
+                                 STUB_RESOLVER.format(n=self.lan_index)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        self.stubs.append(proc)
+        return proc
+
+    def stop_dns_stub(self, proc: subprocess.Popen):
+        proc.terminate()
+        proc.wait(5)
+        self.stubs.remove(proc)
+
     def in_lan(self, cmd: str, check=True):
         return sh(["ip", "netns", "exec", self.lan_netns, "sh", "-c", cmd], check=check)
 
     def teardown(self):
+        for proc in self.stubs:
+            proc.kill()
+            proc.wait(5)
+        self.stubs.clear()
         for host in reversed(self.hosts):
             try:
                 host.destroy()
@@ -294,6 +319,16 @@ class Testbed:
             self._bound_ns_dir = False
         shutil.rmtree(self.ns_dir, ignore_errors=True)
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def wait_for(predicate, timeout=10.0, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
 
 
 def shell_quote(argv) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from aiohttp import web
 
@@ -68,7 +69,7 @@ def build_app(daemon) -> web.Application:
     @routes.post("/weavepy/expose")
     async def expose(request):
         d = await body_json(request)
-        cidrs = await net.expose(d.get("addrs", []), d.get("masquerade", True))
+        cidrs = await net.expose(d.get("addrs", []), d.get("masquerade", True), d.get("fqdn"))
         return web.json_response({"addrs": [str(c) for c in cidrs]})
 
     @routes.post("/weavepy/hide")
@@ -76,6 +77,61 @@ def build_app(daemon) -> web.Application:
         d = await body_json(request)
         cidrs = await net.hide(d.get("addrs", []))
         return web.json_response({"addrs": [str(c) for c in cidrs]})
+
+    # -- weaveDNS (404 with --no-dns, as Weave's) --------------------------------
+    def dns_or_404():
+        if daemon.dns_records is None:
+            raise web.HTTPNotFound(text="DNS is disabled\n")
+        return daemon.dns_records
+
+    @routes.get("/domain")
+    async def domain(request):
+        return text(dns_or_404().domain)
+
+    @routes.get("/dns-address")
+    async def dns_address(request):
+        dns_or_404()
+        return text(daemon.dns_address[0])
+
+    @routes.get("/dns-address-port")
+    async def dns_address_port(request):
+        dns_or_404()
+        return text(f"{daemon.dns_address[0]}:{daemon.dns_address[1]}")
+
+    @routes.get("/name")
+    async def names(request):
+        return web.json_response([e.to_dict() for e in dns_or_404().entries.values()])
+
+    @routes.put("/name/{container}/{ip}")
+    async def put_name(request):
+        form = await request.post()
+        container = request.match_info["container"]
+        await net.dns_add([request.match_info["ip"]], None if container == "weave:extern" else container,
+                          form.get("fqdn"))
+        return web.Response(status=204)
+
+    @routes.delete("/name/{container}/{ip}")
+    async def delete_name(request):
+        dns_or_404().tombstone(int(time.time()), container=request.match_info["container"],
+                               addr=request.match_info["ip"], hostname=request.query.get("fqdn"))
+        return web.Response(status=204)
+
+    @routes.delete("/name/{container}")
+    async def delete_container_names(request):
+        dns_or_404().tombstone(int(time.time()), container=request.match_info["container"],
+                               hostname=request.query.get("fqdn"))
+        return web.Response(status=204)
+
+    @routes.post("/weavepy/dns-add")
+    async def dns_add(request):
+        d = await body_json(request)
+        return web.json_response({"ips": await net.dns_add(d.get("ips", []), d.get("container"), d.get("fqdn"))})
+
+    @routes.post("/weavepy/dns-remove")
+    async def dns_remove(request):
+        d = await body_json(request)
+        return web.json_response({"removed": await net.dns_remove(d.get("ips", []), d.get("container"),
+                                                                  d.get("fqdn"))})
 
     @routes.get("/ipinfo/defaultsubnet")
     async def default_subnet(request):

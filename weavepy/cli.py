@@ -23,7 +23,7 @@ weavepy --help | help
                       [--no-restart] [--foreground] [<peer> ...]
         stop
         reset         [--force]
-        status        [targets | connections | peers | ipam]
+        status        [targets | connections | peers | dns | ipam]
         report
         run           [<addr> ...] [--without-dns] [--no-multicast-route]
                       [--rewrite-hosts] [--add-host <host>:<ip>] <docker run args> ...
@@ -31,8 +31,14 @@ weavepy --help | help
                       [--rewrite-hosts] [--add-host <host>:<ip>] <container_id>
         detach        [<addr> ...] <container_id>
         ps            [<container_id> ...]
-        expose        [<addr> ...] [--without-masquerade]
+        expose        [<addr> ...] [--without-masquerade] [-h <fqdn>]
         hide          [<addr> ...]
+        dns-args
+        dns-add       [<ip_address> ...] <container_id> [-h <fqdn>] |
+                      <ip_address> ... -h <fqdn>
+        dns-remove    [<ip_address> ...] <container_id> [-h <fqdn>] |
+                      <ip_address> ... -h <fqdn>
+        dns-lookup    <unqualified_name>
 
 where <addr> = [ip:]<cidr> | net:<cidr> | net:default
       <cidr> = <ip_address>/<routing_prefix_length>
@@ -59,12 +65,17 @@ Start this host's router daemon and wait until it answers (prints the peer name)
   --no-restart                    do not restart the daemon when it dies
   --foreground                    run in the foreground (for systemd or a container)
   --log-level <level>             debug | info | warning | error
+  --no-dns                        do not run the weave.local name server
+  --dns-domain <domain>           the DNS domain (default weave.local.)
+  --dns-ttl <seconds>             TTL of DNS answers (default 1)
+  --dns-listen-address <ip:port>  where DNS listens (default: the Docker bridge address, port 53)
+  --resolv-conf <path>            upstream servers for other names (default /etc/resolv.conf)
 """,
     "stop": "Usage: weavepy stop\n\nStop the router daemon. Containers keep their interfaces and addresses.\n",
     "reset": ("Usage: weavepy reset [--force]\n\nStop the daemon and remove everything weavepy made: the bridge, "
               "container interfaces,\niptables rules and all persisted state. --force carries on past errors.\n"),
     "version": "Usage: weavepy version\n\nPrint the versions of this script and of the running router.\n",
-    "status": ("Usage: weavepy status [targets | connections | peers | ipam]\n\n"
+    "status": ("Usage: weavepy status [targets | connections | peers | dns | ipam]\n\n"
                "Show the router's status, or one part of it.\n"),
     "report": "Usage: weavepy report\n\nPrint the router's full state as JSON.\n",
     "run": ("Usage: weavepy run [<addr> ...] [--without-dns] [--no-multicast-route] [--rewrite-hosts]\n"
@@ -77,8 +88,17 @@ Start this host's router daemon and wait until it answers (prints the peer name)
     "detach": ("Usage: weavepy detach [<addr> ...] <container>\n\n"
                "Remove those addresses (all when none is given) from a container; prints them.\n"),
     "ps": "Usage: weavepy ps [<container> ...]\n\nList attached containers: <id> <mac> <cidr>...\n",
-    "expose": ("Usage: weavepy expose [<addr> ...] [--without-masquerade]\n\n"
-               "Give this host an address on the weave network; prints it.\n"),
+    "expose": ("Usage: weavepy expose [<addr> ...] [--without-masquerade] [-h <fqdn>]\n\n"
+               "Give this host an address on the weave network; prints it. -h registers it in DNS.\n"),
+    "dns-args": ("Usage: weavepy dns-args\n\nPrint docker run arguments that make a container use weaveDNS:\n"
+                 "  docker run $(weavepy dns-args) ...\n"),
+    "dns-add": ("Usage: weavepy dns-add [<ip> ...] <container> [-h <fqdn>]\n"
+                "       weavepy dns-add <ip> ... -h <fqdn>\n\n"
+                "Add DNS records. With a container, the addresses default to its weave addresses and the name\n"
+                "to its hostname; without one, the records belong to weave:extern.\n"),
+    "dns-remove": ("Usage: weavepy dns-remove [<ip> ...] <container> [-h <fqdn>]\n"
+                   "       weavepy dns-remove <ip> ... -h <fqdn>\n\nRemove DNS records added on this host.\n"),
+    "dns-lookup": "Usage: weavepy dns-lookup <name>\n\nPrint the addresses weaveDNS has for a name.\n",
     "hide": "Usage: weavepy hide [<addr> ...]\n\nTake the host's weave addresses away again; prints them.\n",
 }
 
@@ -132,10 +152,11 @@ def check_addrs(tokens: list[str]):
 
 # -- launch / stop / reset --------------------------------------------------
 
-LAUNCH_FLAGS = {"--no-restart", "--foreground", "--no-discovery"}
+LAUNCH_FLAGS = {"--no-restart", "--foreground", "--no-discovery", "--no-dns"}
 LAUNCH_VALUED = {"--name", "--nickname", "--ipalloc-range", "--ipalloc-default-subnet", "--ipalloc-init",
                  "--mtu", "--port", "--password", "--trusted-subnets", "--conn-limit", "--http-addr",
-                 "--log-level", "--docker-host"}
+                 "--log-level", "--docker-host", "--dns-domain", "--dns-ttl", "--dns-listen-address",
+                 "--resolv-conf"}
 
 
 def launch_config(args: list[str]):
@@ -167,6 +188,11 @@ def launch_config(args: list[str]):
         restart="--no-restart" not in o,
         log_level=last("--log-level", "info"),
         docker_host=last("--docker-host", os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"),
+        dns="--no-dns" not in o,
+        dns_domain=last("--dns-domain", "weave.local."),
+        dns_ttl=integer("--dns-ttl", 1),
+        dns_listen_address=last("--dns-listen-address"),
+        resolv_conf=last("--resolv-conf", "/etc/resolv.conf"),
     )
     try:
         c.validate()
@@ -342,9 +368,10 @@ def cmd_ps(args):
 
 
 def cmd_expose(args):
-    pos, o = split_args(args, {"--without-masquerade"}, set())
+    pos, o = split_args(args, {"--without-masquerade"}, {"-h"})
     check_addrs(pos)
-    result = client.post("/weavepy/expose", {"addrs": pos, "masquerade": "--without-masquerade" not in o})
+    result = client.post("/weavepy/expose", {"addrs": pos, "masquerade": "--without-masquerade" not in o,
+                                             "fqdn": o.get("-h", [None])[-1]})
     print(show_addrs(result["addrs"]))
 
 
@@ -355,7 +382,55 @@ def cmd_hide(args):
     print(show_addrs(result["addrs"]))
 
 
+def cmd_dns_args(args):
+    split_args(args, set(), set())
+    try:
+        address = client.request("GET", "/dns-address").strip()
+        domain = client.request("GET", "/domain").strip()
+    except CLIError as exc:
+        if "disabled" in str(exc):
+            return  # --no-dns: nothing to add to docker run
+        raise
+    sys.stdout.write(f"--dns={address} --dns-search={domain}")
+
+
+def _dns_args(args) -> dict:
+    pos, o = split_args(args, set(), {"-h"})
+    ips = [p for p in pos if p.replace(".", "").isdigit()]
+    others = [p for p in pos if p not in ips]
+    if len(others) > 1:
+        raise CLIError(f"only one container may be given, not {' '.join(others)}")
+    fqdn = o.get("-h", [None])[-1]
+    if not others and (not ips or not fqdn):
+        raise CLIError("without a container, give the IP addresses and -h <fqdn>")
+    return {"ips": ips, "container": others[0] if others else None, "fqdn": fqdn}
+
+
+def cmd_dns_add(args):
+    client.post("/weavepy/dns-add", _dns_args(args))
+
+
+def cmd_dns_remove(args):
+    client.post("/weavepy/dns-remove", _dns_args(args))
+
+
+def cmd_dns_lookup(args):
+    pos, _ = split_args(args, set(), set())
+    if len(pos) != 1:
+        raise CLIError("usage: weavepy dns-lookup <name>")
+    host, _, port = client.request("GET", "/dns-address-port").strip().rpartition(":")
+    from dnslib import DNSRecord, QTYPE
+    try:
+        reply = DNSRecord.parse(DNSRecord.question(pos[0]).send(host, int(port), tcp=True, timeout=5))
+    except OSError as exc:
+        raise CLIError(f"cannot query weaveDNS at {host}:{port}: {exc}") from None
+    for rr in reply.rr:
+        if rr.rtype == QTYPE.A:
+            print(rr.rdata)
+
+
 COMMANDS = {
+    "dns-args": cmd_dns_args, "dns-add": cmd_dns_add, "dns-remove": cmd_dns_remove, "dns-lookup": cmd_dns_lookup,
     "launch": cmd_launch, "stop": cmd_stop, "reset": cmd_reset, "version": cmd_version,
     "status": cmd_status, "report": cmd_report, "run": cmd_run, "attach": cmd_attach,
     "detach": cmd_detach, "ps": cmd_ps, "expose": cmd_expose, "hide": cmd_hide,

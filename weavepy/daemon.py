@@ -18,6 +18,10 @@ from weavepy import config as cfg
 from weavepy.launch_config import ConfigError, LaunchConfig
 from weavepy import statefile
 from weavepy.api import build_app
+from weavepy.dns.records import Records
+from weavepy.dns.responder import Responder
+from weavepy.dns.server import DNSServer
+from weavepy.dns.upstream import ResolvConf
 from weavepy.docker_client import DockerClient, DockerError
 from weavepy.host_network import HostNetwork
 from weavepy.ipam.allocator import Allocator
@@ -31,6 +35,18 @@ TICK_SECONDS = 5.0
 IPAM_FILE = "ipam.json"
 RECORDS_FILE = "containers.json"
 PEER_FILE = "peer.json"
+
+
+def dns_listen_address(config: LaunchConfig) -> tuple[str, int]:
+    """--dns-listen-address, else the Docker bridge's address (where containers can reach us), port 53."""
+    if config.dns_listen_address:
+        host, _, port = config.dns_listen_address.rpartition(":")
+        return (host, int(port)) if host else (config.dns_listen_address, 53)
+    found = bridge.addresses("docker0")
+    if found:
+        return str(found[0].ip), 53
+    log.warning("no docker0 bridge: serving DNS on 127.0.0.1:53 (containers cannot reach it)")
+    return "127.0.0.1", 53
 
 
 def choose_peer_name(config: LaunchConfig) -> str:
@@ -58,12 +74,27 @@ class Daemon:
             why = self.allocator.restore(saved)
             if why:
                 log.warning("discarding persisted IPAM data: %s", why)
+        self.dns_records = Records(self.peer, config.dns_domain) if config.dns else None
+        self.dns_server: DNSServer | None = None
+        self.dns_address = dns_listen_address(config) if config.dns else None
         self.docker: DockerClient | None = None
         self.network: HostNetwork | None = None
         self.tasks: list[asyncio.Task] = []
 
+    async def start_dns(self):
+        host, port = self.dns_address
+        upstream = ResolvConf(self.config.resolv_conf, exclude={host})
+        self.dns_server = DNSServer(Responder(self.dns_records, self.config.dns_ttl), upstream, host, port)
+        try:
+            await self.dns_server.start()
+        except OSError as exc:
+            raise SystemExit(f"weavepy: cannot serve DNS on {host}:{port}: {exc.strerror}; "
+                             f"use --dns-listen-address or --no-dns")
+
     def report(self) -> dict:
-        return status.build_report(self.config, self.peer, self.allocator, self.started)
+        return status.build_report(self.config, self.peer, self.allocator, self.started,
+                                   self.dns_records, self.dns_address,
+                                   self.dns_server.upstream.current() if self.dns_server else [])
 
     async def watch_docker(self):
         """Follow container events; after any break, catch up with what was missed."""
@@ -93,7 +124,9 @@ class Daemon:
     async def run(self):
         self.docker = DockerClient(self.config.docker_host)
         self.network = HostNetwork(self.allocator, self.docker, self.config.mtu,
-                                   cfg.state_path(IPAM_FILE), cfg.state_path(RECORDS_FILE))
+                                   cfg.state_path(IPAM_FILE), cfg.state_path(RECORDS_FILE), self.dns_records)
+        if self.dns_records is not None:
+            await self.start_dns()
         host, _, port = self.config.http_addr.rpartition(":")
         runner = web.AppRunner(build_app(self), access_log=None)
         await runner.setup()
@@ -115,6 +148,8 @@ class Daemon:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await runner.cleanup()
+        if self.dns_server:
+            await self.dns_server.close()
         await self.docker.close()
 
 

@@ -19,10 +19,20 @@ from weavepy.net import bridge, iptables, veth
 from weavepy.net.arp import send_gratuitous_arp
 from weavepy import hosts_file, statefile
 from weavepy.docker_client import DockerClient, DockerError
+from weavepy.dns.records import in_domain
 
 log = logging.getLogger("weavepy")
 
 EXPOSE_IDENT = "weave:expose"
+EXTERN_IDENT = "weave:extern"
+
+
+def container_fqdn(info: dict) -> str:
+    """hostname.domainname as Docker split `-h c1.weave.local`; '' when it is not qualified."""
+    cfg = info.get("Config", {})
+    host, domain = cfg.get("Hostname", ""), cfg.get("Domainname", "")
+    name = f"{host}.{domain}" if domain else host
+    return name if "." in name else ""
 
 
 class UserError(Exception):
@@ -35,8 +45,9 @@ class UserError(Exception):
 
 class HostNetwork:
     def __init__(self, allocator: Allocator, docker: DockerClient, mtu: int,
-                 ipam_file: str, records_file: str):
+                 ipam_file: str, records_file: str, dns=None):
         self.allocator = allocator
+        self.dns = dns  # weavepy.dns.records.Records, or None with --no-dns
         self.docker = docker
         self.mtu = mtu
         self.ipam_file = ipam_file
@@ -108,6 +119,8 @@ class HostNetwork:
                 self._release(cid, new)
                 raise UserError(f"attaching {container} failed: {exc}", 500) from None
             self._announce(pid, mac, cidrs)
+            if not without_dns:
+                self._register(cid, info, cidrs)
             self.records[cid] = {"name": info["Name"].lstrip("/"), "multicast_route": multicast_route,
                                  "without_dns": without_dns, "rewrite_hosts": rewrite_hosts,
                                  "add_hosts": add_hosts or []}
@@ -116,6 +129,61 @@ class HostNetwork:
                 self._rewrite_hosts(info, cidrs, extra_hosts)
             log.info("attached %s (%s): %s", container, cid[:12], " ".join(map(str, cidrs)))
             return cidrs
+
+    # -- names --------------------------------------------------------------
+    def _register(self, ident: str, info: dict | None, cidrs, fqdn: str | None = None):
+        if self.dns is None:
+            return
+        name = fqdn or (container_fqdn(info) if info else "")
+        if name:
+            for c in cidrs:
+                self.dns.add(ident, str(c.ip), name)
+
+    def _unregister(self, ident: str, addr: str | None = None, fqdn: str | None = None):
+        if self.dns is not None:
+            self.dns.tombstone(int(time.time()), container=ident, addr=addr, hostname=fqdn)
+
+    async def dns_add(self, ips: list[str], container: str | None, fqdn: str | None) -> list[str]:
+        """weave dns-add: IPs default to the container's weave addresses, the name to its hostname."""
+        if self.dns is None:
+            raise UserError("DNS is disabled (launched with --no-dns)", 404)
+        ident, info = EXTERN_IDENT, None
+        if container:
+            try:
+                info = await self.docker.inspect(container)
+            except DockerError as exc:
+                raise UserError(str(exc), exc.status) from None
+            ident = info["Id"]
+            ips = ips or [str(c.ip) for c in self.allocator.addresses(ident)]
+            fqdn = fqdn or container_fqdn(info)
+        if not ips:
+            raise UserError("no IP address given" + (f" and {container} has no weave address" if container else ""))
+        if not fqdn:
+            raise UserError("no name given: use -h <fqdn>" + (f" ({container} has no qualified hostname)"
+                                                              if container else ""))
+        ips = [_checked_ip(ip) for ip in ips]
+        if not in_domain(fqdn, self.dns.domain):
+            raise UserError(f"{fqdn} is not in the DNS domain {self.dns.domain}")
+        if info is not None and not info["State"].get("Running"):
+            raise UserError(f"container {container} is not running")
+        for ip in ips:
+            self.dns.add(ident, ip, fqdn)
+        return ips
+
+    async def dns_remove(self, ips: list[str], container: str | None, fqdn: str | None) -> int:
+        if self.dns is None:
+            raise UserError("DNS is disabled (launched with --no-dns)", 404)
+        ident = EXTERN_IDENT
+        if container:
+            try:
+                ident = (await self.docker.inspect(container))["Id"]
+            except DockerError as exc:
+                raise UserError(str(exc), exc.status) from None
+        ips = [_checked_ip(ip) for ip in ips] or [None]
+        removed = 0
+        for ip in ips:
+            removed += len(self.dns.tombstone(int(time.time()), container=ident, addr=ip, hostname=fqdn))
+        return removed
 
     def _announce(self, pid: int, mac: str, cidrs):
         """Gratuitous ARP in the background; the reply need not wait for it."""
@@ -171,6 +239,7 @@ class HostNetwork:
                 await asyncio.to_thread(veth.remove_addresses, info["State"]["Pid"], chosen)
             for cidr in chosen:
                 self.allocator.free(cid, cidr.ip)
+                self._unregister(cid, str(cidr.ip))
             if not self.allocator.addresses(cid):
                 self.records.pop(cid, None)
             self.persist()
@@ -204,7 +273,8 @@ class HostNetwork:
         return lines
 
     # -- the host itself ---------------------------------------------------
-    async def expose(self, tokens: list[str], masquerade: bool = True) -> list[ipaddress.IPv4Interface]:
+    async def expose(self, tokens: list[str], masquerade: bool = True,
+                     fqdn: str | None = None) -> list[ipaddress.IPv4Interface]:
         try:
             requests = parse_requests(tokens, self.allocator.default_subnet)
         except AddressError as exc:
@@ -219,6 +289,8 @@ class HostNetwork:
             rec = self.records.setdefault(EXPOSE_IDENT, {"masquerade": {}})
             for c in cidrs:
                 rec["masquerade"][str(c)] = masquerade
+            if fqdn:
+                self._register(EXPOSE_IDENT, None, cidrs, fqdn)
             self.persist()
             return cidrs
 
@@ -235,6 +307,7 @@ class HostNetwork:
             chosen = self._select(EXPOSE_IDENT, tokens) if self.allocator.addresses(EXPOSE_IDENT) else []
             for cidr in chosen:
                 self.allocator.free(EXPOSE_IDENT, cidr.ip)
+                self._unregister(EXPOSE_IDENT, str(cidr.ip))
             remaining = {c.network for c in self.allocator.addresses(EXPOSE_IDENT)}
 
             def unplumb():
@@ -291,6 +364,8 @@ class HostNetwork:
                 log.warning("re-attaching %s failed: %s", cid[:12], exc)
                 return
             self._announce(pid, mac, cidrs)
+            if not rec.get("without_dns"):
+                self._register(cid, info, cidrs)
             if rec.get("rewrite_hosts"):
                 self._rewrite_hosts(info, cidrs, hosts_file.parse_add_hosts(rec.get("add_hosts", [])))
             log.info("re-attached %s: %s", cid[:12], " ".join(map(str, cidrs)))
@@ -305,7 +380,9 @@ class HostNetwork:
                 await self._reattach(cid)
         elif action == "die":
             self.allocator.container_died(cid, time.monotonic())
+            self._unregister(cid)
         elif action == "destroy":
+            self._unregister(cid)
             async with self.lock:
                 freed = self.allocator.container_destroyed(cid)
                 self.records.pop(cid, None)
@@ -321,3 +398,10 @@ class HostNetwork:
                 log.info("container %s stayed dead; freed %s", ident[:12], " ".join(map(str, freed)))
             if expired:
                 self.persist()
+
+
+def _checked_ip(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise UserError(f"invalid IP address '{text}'") from None

@@ -30,6 +30,11 @@ class LaunchConfig:
     restart: bool = True
     log_level: str = "info"
     docker_host: str = "unix:///var/run/docker.sock"
+    dns: bool = True
+    dns_domain: str = "weave.local."
+    dns_ttl: int = 1
+    dns_listen_address: str | None = None  # default: the Docker bridge's address, port 53
+    resolv_conf: str = "/etc/resolv.conf"
 
     def validate(self) -> "LaunchConfig":
         from weavepy.ipam.request import AddressError, check_allocatable, parse_subnet
@@ -63,6 +68,20 @@ class LaunchConfig:
             mode = self.ipalloc_init.split("=", 1)[0]
             if mode not in ("consensus", "seed", "observer"):
                 raise ConfigError(f"Unable to parse --ipalloc-init: unknown mode: {mode}")
+        if self.dns_ttl < 0:
+            raise ConfigError(f"invalid --dns-ttl {self.dns_ttl}")
+        if not self.dns_domain.strip(".") or " " in self.dns_domain:
+            raise ConfigError(f"invalid --dns-domain '{self.dns_domain}'")
+        if not self.dns_domain.endswith("."):
+            self.dns_domain += "."
+        if self.dns_listen_address is not None:
+            host, _, port = self.dns_listen_address.rpartition(":")
+            try:
+                ipaddress.IPv4Address(host or self.dns_listen_address)
+            except ValueError:
+                raise ConfigError(f"invalid DNS listen address '{self.dns_listen_address}'") from None
+            if host and not port.isdigit():
+                raise ConfigError(f"invalid DNS listen address '{self.dns_listen_address}'")
         for peer in self.peers:
             if not peer or peer.startswith("-"):
                 raise ConfigError(f"invalid peer address '{peer}'")

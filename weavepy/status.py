@@ -6,7 +6,8 @@ from weavepy import __version__
 PROTOCOL_MIN, PROTOCOL_MAX = 1, 2
 
 
-def build_report(config, peer: str, allocator, started: float) -> dict:
+def build_report(config, peer: str, allocator, started: float, dns=None, dns_address=None,
+                 upstream=()) -> dict:
     nick = config.effective_nickname
     ring = allocator.ring
     sizes = ring.peer_sizes()
@@ -43,6 +44,13 @@ def build_report(config, peer: str, allocator, started: float) -> dict:
             "PendingClaims": [],
             "PendingAllocates": [],
         },
+        "DNS": None if dns is None else {
+            "Domain": dns.domain,
+            "Upstream": list(upstream),
+            "Address": f"{dns_address[0]}:{dns_address[1]}",
+            "TTL": config.dns_ttl,
+            "Entries": [e.to_dict() for e in dns.live()],
+        },
     }
 
 
@@ -75,6 +83,15 @@ def status_text(report: dict) -> str:
         ("Range", ipam["Range"]),
         ("DefaultSubnet", ipam["DefaultSubnet"]),
     ])
+    dns = report.get("DNS")
+    if dns is not None:
+        lines += [""] + _block([
+            ("Service", "dns"),
+            ("Domain", dns["Domain"]),
+            ("Upstream", ", ".join(dns["Upstream"]) or "none"),
+            ("TTL", dns["TTL"]),
+            ("Entries", len(dns["Entries"])),
+        ])
     return "\n".join(lines) + "\n"
 
 
@@ -121,7 +138,21 @@ def ipam_text(report: dict) -> str:
     return "".join(line + "\n" for line in out)
 
 
+def dns_text(report: dict) -> str:
+    """One line per live entry: name (domain trimmed), address, container (12 chars), origin."""
+    dns = report.get("DNS")
+    if dns is None:
+        return ""
+    suffix = "." + dns["Domain"]
+    out = []
+    for e in dns["Entries"]:
+        name = e["Hostname"][: -len(suffix)] if e["Hostname"].lower().endswith(suffix.lower()) else e["Hostname"]
+        out.append(f"{name:<12} {e['Addr']:<15} {e['ContainerID'][:12]:>12} {e['Origin']}")
+    return "".join(line + "\n" for line in out)
+
+
 SECTIONS = {
+    "dns": dns_text,
     "targets": targets_text,
     "connections": connections_text,
     "peers": peers_text,

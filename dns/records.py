@@ -1,0 +1,141 @@
+"""weaveDNS records: who answers to which name, as a mergeable set (sans-IO).
+
+An entry is identified by (container, origin peer, address, hostname); it
+carries a version and a tombstone (0 = live, else the time it was deleted).
+Only the origin changes its entries, raising the version each time, so two
+copies of a record set merge by "higher version wins, and at equal versions the
+larger tombstone wins" -- commutative, associative and idempotent, which is
+what gossip needs.  Lookups ignore case; identity does not.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+Key = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
+class Entry:
+    container: str
+    origin: str
+    addr: str
+    hostname: str  # FQDN with trailing dot, case as registered
+    version: int = 0
+    tombstone: int = 0
+
+    @property
+    def key(self) -> Key:
+        return (self.container, self.origin, self.addr, self.hostname)
+
+    @property
+    def live(self) -> bool:
+        return self.tombstone == 0
+
+    def to_dict(self) -> dict:
+        return {"ContainerID": self.container, "Origin": self.origin, "Addr": self.addr,
+                "Hostname": self.hostname, "Version": self.version, "Tombstone": self.tombstone}
+
+
+def newer(a: Entry, b: Entry) -> Entry:
+    """The copy that wins when two copies of one entry meet."""
+    if a.version != b.version:
+        return a if a.version > b.version else b
+    return a if a.tombstone >= b.tombstone else b
+
+
+def merge_sets(a: dict[Key, Entry], b: dict[Key, Entry]) -> dict[Key, Entry]:
+    out = dict(a)
+    for key, entry in b.items():
+        out[key] = newer(out[key], entry) if key in out else entry
+    return out
+
+
+def fqdn(name: str) -> str:
+    return name if name.endswith(".") else name + "."
+
+
+def in_domain(name: str, domain: str) -> bool:
+    n, d = fqdn(name).lower(), fqdn(domain).lower()
+    return n == d or n.endswith("." + d)
+
+
+class Records:
+    def __init__(self, peer: str, domain: str):
+        self.peer = peer
+        self.domain = fqdn(domain)
+        self.entries: dict[Key, Entry] = {}
+        self.generation = 0  # bumped on every change: answer caches key on it
+        self._by_name: dict[str, list[str]] = {}
+        self._by_addr: dict[str, str] = {}
+
+    # -- local changes (this peer is the origin) -----------------------------
+    def add(self, container: str, addr: str, hostname: str) -> list[Entry]:
+        """Register hostname -> addr for container.  Names outside the domain are ignored."""
+        if not in_domain(hostname, self.domain):
+            return []
+        key = (container, self.peer, addr, fqdn(hostname))
+        old = self.entries.get(key)
+        if old is not None and old.live:
+            return []
+        entry = Entry(*key) if old is None else replace(old, version=old.version + 1, tombstone=0)
+        return self._apply([entry])
+
+    def tombstone(self, now: int, container: str | None = None, addr: str | None = None,
+                  hostname: str | None = None) -> list[Entry]:
+        """Delete our own live entries that match every given field (None matches anything)."""
+        host = fqdn(hostname) if hostname else None
+        doomed = [replace(e, version=e.version + 1, tombstone=max(int(now), 1))
+                  for e in self.entries.values()
+                  if e.origin == self.peer and e.live
+                  and (container is None or e.container == container)
+                  and (addr is None or e.addr == addr)
+                  and (host is None or e.hostname == host)]
+        return self._apply(doomed)
+
+    # -- from other peers -----------------------------------------------------
+    def merge(self, incoming: list[Entry]) -> list[Entry]:
+        """Take in entries from elsewhere; returns those that changed our view."""
+        changed = []
+        for e in incoming:
+            mine = self.entries.get(e.key)
+            if mine is None or (newer(mine, e) is e and mine != e):
+                changed.append(e)
+        return self._apply(changed)
+
+    def _apply(self, entries: list[Entry]) -> list[Entry]:
+        if not entries:
+            return []
+        for e in entries:
+            self.entries[e.key] = e
+        self._reindex()
+        return entries
+
+    def _reindex(self):
+        by_name: dict[str, list[str]] = {}
+        by_addr: dict[str, tuple] = {}
+        for e in self.entries.values():
+            if not e.live:
+                continue
+            by_name.setdefault(e.hostname.lower(), []).append(e.addr)
+            order = (e.hostname.lower(), e.origin, e.container)
+            if e.addr not in by_addr or order < by_addr[e.addr][0]:
+                by_addr[e.addr] = (order, e.hostname)
+        self._by_name = by_name
+        self._by_addr = {a: h for a, (_, h) in by_addr.items()}
+        self.generation += 1
+
+    # -- lookups ---------------------------------------------------------------
+    def lookup(self, name: str) -> list[str]:
+        """Addresses of every live entry under name (case-insensitive)."""
+        return list(self._by_name.get(fqdn(name).lower(), ()))
+
+    def reverse(self, addr: str) -> str | None:
+        """The (alphabetically first) live name for an address."""
+        return self._by_addr.get(addr)
+
+    def live(self) -> list[Entry]:
+        return sorted((e for e in self.entries.values() if e.live),
+                      key=lambda e: (e.hostname.lower(), e.origin, e.container, e.addr))
+
+    def live_count(self) -> int:
+        return sum(1 for e in self.entries.values() if e.live)
