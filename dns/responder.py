@@ -18,6 +18,7 @@ from dnslib import A, DNSError, DNSHeader, DNSRecord, PTR, QTYPE, RCODE, RR
 from .records import Records, fqdn
 
 UDP_LIMIT = 512
+FAST_CACHE_MAX = 10000  # distinct query forms remembered between record changes
 A_RR_SIZE = 16  # name pointer (2) + type, class, ttl, rdlength (10) + IPv4 (4)
 REVERSE_ZONE = "in-addr.arpa."
 
@@ -33,10 +34,18 @@ class Responder:
         self.records = records
         self.ttl = ttl
         self._cache: dict[tuple, tuple[bytes, list[bytes]]] = {}
+        # query bytes after the ID -> (packed head, packed A records, size limit):
+        # a repeated query is answered without parsing it at all
+        self._fast: dict[tuple[bytes, bool], tuple[bytes, list[bytes], int | None]] = {}
         self._cache_generation = -1
 
     # -- entry point ------------------------------------------------------
     def handle(self, data: bytes, tcp: bool = False):
+        data = bytes(data)  # no copy for bytes; a bytearray cannot be a cache key
+        if self._cache_generation == self.records.generation:
+            hit = self._fast.get((data[2:], tcp))
+            if hit is not None:
+                return _assemble(data[:2], *hit)
         out = self._dispatch(data, tcp)
         return bytes(out) if isinstance(out, bytearray) else out
 
@@ -80,6 +89,7 @@ class Responder:
     def _cached_a_answer(self, query: DNSRecord, name: str, addrs, data: bytes, limit: int | None) -> bytes:
         if self._cache_generation != self.records.generation:
             self._cache.clear()
+            self._fast.clear()
             self._cache_generation = self.records.generation
         key = (name, query.q.qclass, query.header.rd, query.header.cd)
         hit = self._cache.get(key)
@@ -94,16 +104,10 @@ class Responder:
             if any(len(rr) != A_RR_SIZE or rr[:2] != b"\xc0\x0c" for rr in hit[1]):
                 return self._truncate(reply, limit)  # not the compact form we can re-use
             self._cache[key] = hit
-        head, rrs = hit
-        rrs = list(rrs)
-        random.shuffle(rrs)
-        count, tc = len(rrs), 0
-        if limit is not None and len(head) + A_RR_SIZE * count > limit and count > 1:
-            count = max(1, (limit - len(head)) // A_RR_SIZE)
-            tc = 0x0200
-        # patch the ID, the TC bit and the answer count into the cached header
-        flags = struct.unpack_from("!H", head, 2)[0] | tc
-        return data[:2] + struct.pack("!HHH", flags, 1, count) + head[8:] + b"".join(rrs[:count])
+        if len(self._fast) >= FAST_CACHE_MAX:
+            self._fast.clear()
+        self._fast[(data[2:], limit is None)] = (hit[0], hit[1], limit)
+        return _assemble(data[:2], hit[0], hit[1], limit)
 
     def _reverse(self, query: DNSRecord, lname: str, tcp: bool):
         if query.q.qtype != QTYPE.PTR or len(query.questions) > 1:
@@ -146,6 +150,19 @@ class Responder:
         reply.rr = answers[:lo]
         reply.header.tc = 1
         return reply.pack()
+
+
+def _assemble(qid: bytes, head: bytes, rrs: list[bytes], limit: int | None) -> bytes:
+    """A cached answer for a new query: its ID, the A records shuffled, cut to the size limit (TC set)."""
+    if len(rrs) > 1:
+        rrs = list(rrs)
+        random.shuffle(rrs)
+    count, tc = len(rrs), 0
+    if limit is not None and len(head) + A_RR_SIZE * count > limit and count > 1:
+        count = max(1, (limit - len(head)) // A_RR_SIZE)
+        tc = 0x0200
+    flags = struct.unpack_from("!H", head, 2)[0] | tc
+    return qid + struct.pack("!HHH", flags, 1, count) + head[8:] + b"".join(rrs[:count])
 
 
 def udp_limit(query: DNSRecord) -> int:

@@ -85,3 +85,14 @@ def test_truncated_real_queries_never_raise(cut):
     data = DNSRecord.question("c1.weave.local").pack()
     out = resp.handle(data[:cut])
     assert out is None or isinstance(out, (bytes, Forward))
+
+
+def test_repeated_queries_served_from_cache_still_follow_ids_sizes_and_changes():
+    resp, records = responder(50)
+    for _ in range(3):
+        q, udp = ask(resp, "c1.weave.local")
+        assert udp.header.id == q.header.id and udp.header.tc and len(udp.pack()) <= 512
+        _, tcp = ask(resp, "c1.weave.local", tcp=True)
+        assert len(tcp.rr) == 50 and not tcp.header.tc
+    records.tombstone(now=5)
+    assert ask(resp, "c1.weave.local")[1].header.rcode == RCODE.NXDOMAIN
