@@ -10,7 +10,6 @@ our own namespaces are ever signalled.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -330,6 +329,3 @@ def wait_for(predicate, timeout=10.0, interval=0.1):
         time.sleep(interval)
     return predicate()
 
-
-def shell_quote(argv) -> str:
-    return " ".join(shlex.quote(a) for a in argv)

@@ -208,11 +208,10 @@ def cmd_launch(args):
     os.makedirs(cfg.RUN_DIR, exist_ok=True)
     from weavepy import statefile
     statefile.write_json(cfg.run_path(cfg.LAUNCH_FILE), config.to_dict())
-    for stale in ("ready.json",):
-        try:
-            os.unlink(cfg.run_path(stale))
-        except FileNotFoundError:
-            pass
+    try:
+        os.unlink(cfg.run_path(cfg.READY_FILE))
+    except FileNotFoundError:
+        pass
     if "--foreground" in opts:
         from weavepy import daemon
         daemon.main()

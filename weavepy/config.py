@@ -23,3 +23,4 @@ LAUNCH_FILE = "launch.json"
 DAEMON_PID = "weavepy.pid"
 SUPERVISOR_PID = "supervisor.pid"
 LOG_FILE = "weavepy.log"
+READY_FILE = "ready.json"  # written by the daemon once it serves its API

@@ -110,6 +110,8 @@ class Daemon:
                         log.exception("handling docker event %s", event.get("Action"))
             except DockerError as exc:
                 log.warning("%s; retrying", exc)
+            except Exception:  # never stop following Docker: containers would go unattached
+                log.exception("following docker events; retrying")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -139,7 +141,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         self.tasks = [asyncio.create_task(self.watch_docker()), asyncio.create_task(self.ticker())]
-        statefile.write_json(cfg.run_path("ready.json"), {"pid": os.getpid(), "peer": self.peer})
+        statefile.write_json(cfg.run_path(cfg.READY_FILE), {"pid": os.getpid(), "peer": self.peer})
         log.info("weavepy %s ready: peer %s(%s), API on %s", __version__,
                  self.peer, self.config.effective_nickname, self.config.http_addr)
         await stop.wait()

@@ -63,11 +63,22 @@ class HostNetwork:
         statefile.write_json(self.records_file, self.records)
 
     # -- containers ---------------------------------------------------------
-    async def _running_container(self, name: str) -> dict:
+    async def _inspect(self, name: str) -> dict:
+        """Docker's view of a container; a Docker error becomes the user's error."""
         try:
-            info = await self.docker.inspect(name)
+            return await self.docker.inspect(name)
         except DockerError as exc:
             raise UserError(str(exc), exc.status) from None
+
+    async def _info_if_running(self, cid: str) -> dict | None:
+        try:
+            info = await self.docker.inspect(cid)
+        except DockerError:
+            return None
+        return info if info["State"].get("Running") else None
+
+    async def _running_container(self, name: str) -> dict:
+        info = await self._inspect(name)
         if not info["State"].get("Running") or info["State"].get("Restarting"):
             raise UserError(f"container {name} is not running")
         if info["HostConfig"].get("NetworkMode") == "host":
@@ -149,10 +160,7 @@ class HostNetwork:
             raise UserError("DNS is disabled (launched with --no-dns)", 404)
         ident, info = EXTERN_IDENT, None
         if container:
-            try:
-                info = await self.docker.inspect(container)
-            except DockerError as exc:
-                raise UserError(str(exc), exc.status) from None
+            info = await self._inspect(container)
             ident = info["Id"]
             ips = ips or [str(c.ip) for c in self.allocator.addresses(ident)]
             fqdn = fqdn or container_fqdn(info)
@@ -175,10 +183,7 @@ class HostNetwork:
             raise UserError("DNS is disabled (launched with --no-dns)", 404)
         ident = EXTERN_IDENT
         if container:
-            try:
-                ident = (await self.docker.inspect(container))["Id"]
-            except DockerError as exc:
-                raise UserError(str(exc), exc.status) from None
+            ident = (await self._inspect(container))["Id"]
         ips = [_checked_ip(ip) for ip in ips] or [None]
         removed = 0
         for ip in ips:
@@ -227,10 +232,7 @@ class HostNetwork:
 
     async def detach(self, container: str, tokens: list[str]) -> list[ipaddress.IPv4Interface]:
         async with self.lock:
-            try:
-                info = await self.docker.inspect(container)
-            except DockerError as exc:
-                raise UserError(str(exc), exc.status) from None
+            info = await self._inspect(container)
             cid = info["Id"]
             if not self.allocator.addresses(cid):
                 raise UserError(f"container {container} is not attached to the weave network")
@@ -256,16 +258,10 @@ class HostNetwork:
         else:
             idents = []
             for name in containers:
-                try:
-                    idents.append((await self.docker.inspect(name))["Id"])
-                except DockerError as exc:
-                    raise UserError(str(exc), exc.status) from None
+                idents.append((await self._inspect(name))["Id"])
         for cid in idents:
-            try:
-                info = await self.docker.inspect(cid)
-            except DockerError:
-                continue
-            if not info["State"].get("Running"):
+            info = await self._info_if_running(cid)
+            if info is None:
                 continue
             iface = await asyncio.to_thread(veth.inspect, info["State"]["Pid"])
             if iface is not None:
@@ -350,11 +346,8 @@ class HostNetwork:
             cidrs = self.allocator.addresses(cid)
             if not cidrs:
                 return
-            try:
-                info = await self.docker.inspect(cid)
-            except DockerError:
-                return
-            if not info["State"].get("Running"):
+            info = await self._info_if_running(cid)
+            if info is None:
                 return
             rec = self.records.get(cid, {})
             pid = info["State"]["Pid"]

@@ -16,7 +16,6 @@ import time
 from weavepy import config as cfg
 
 MIN_BACKOFF, MAX_BACKOFF, HEALTHY_AFTER = 0.1, 5.0, 60.0
-READY_FILE = "ready.json"
 
 
 def log(msg: str):
@@ -61,7 +60,7 @@ def supervise():
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    ready_file = cfg.run_path(READY_FILE)
+    ready_file = cfg.run_path(cfg.READY_FILE)
     backoff = MIN_BACKOFF
     try:
         while not stopping:
