@@ -34,18 +34,20 @@ class Responder:
         self.records = records
         self.ttl = ttl
         self._cache: dict[tuple, tuple[bytes, list[bytes]]] = {}
-        # query bytes after the ID -> (packed head, packed A records, size limit):
-        # a repeated query is answered without parsing it at all
-        self._fast: dict[tuple[bytes, bool], tuple[bytes, list[bytes], int | None]] = {}
+        # query bytes after the ID -> the reply after its ID (one record: nothing to shuffle),
+        # or (packed head, packed A records, size limit): a repeated query is never parsed
+        self._fast_udp: dict[bytes, object] = {}
+        self._fast_tcp: dict[bytes, object] = {}
         self._cache_generation = -1
 
     # -- entry point ------------------------------------------------------
     def handle(self, data: bytes, tcp: bool = False):
-        data = bytes(data)  # no copy for bytes; a bytearray cannot be a cache key
+        if type(data) is not bytes:
+            data = bytes(data)  # a bytearray cannot be a cache key
         if self._cache_generation == self.records.generation:
-            hit = self._fast.get((data[2:], tcp))
+            hit = (self._fast_tcp if tcp else self._fast_udp).get(data[2:])
             if hit is not None:
-                return _assemble(data[:2], *hit)
+                return data[:2] + hit if type(hit) is bytes else _assemble(data[:2], *hit)
         out = self._dispatch(data, tcp)
         return bytes(out) if isinstance(out, bytearray) else out
 
@@ -89,7 +91,8 @@ class Responder:
     def _cached_a_answer(self, query: DNSRecord, name: str, addrs, data: bytes, limit: int | None) -> bytes:
         if self._cache_generation != self.records.generation:
             self._cache.clear()
-            self._fast.clear()
+            self._fast_udp.clear()
+            self._fast_tcp.clear()
             self._cache_generation = self.records.generation
         key = (name, query.q.qclass, query.header.rd, query.header.cd)
         hit = self._cache.get(key)
@@ -104,10 +107,12 @@ class Responder:
             if any(len(rr) != A_RR_SIZE or rr[:2] != b"\xc0\x0c" for rr in hit[1]):
                 return self._truncate(reply, limit)  # not the compact form we can re-use
             self._cache[key] = hit
-        if len(self._fast) >= FAST_CACHE_MAX:
-            self._fast.clear()
-        self._fast[(data[2:], limit is None)] = (hit[0], hit[1], limit)
-        return _assemble(data[:2], hit[0], hit[1], limit)
+        fast = self._fast_udp if limit is not None else self._fast_tcp
+        if len(fast) >= FAST_CACHE_MAX:
+            fast.clear()
+        reply = _assemble(data[:2], hit[0], hit[1], limit)
+        fast[data[2:]] = reply[2:] if len(hit[1]) == 1 else (hit[0], hit[1], limit)
+        return reply
 
     def _reverse(self, query: DNSRecord, lname: str, tcp: bool):
         if query.q.qtype != QTYPE.PTR or len(query.questions) > 1:

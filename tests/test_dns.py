@@ -97,6 +97,10 @@ def test_dns_add_remove_and_lookup(h):
     assert h.weavepy("dns-lookup", "other.weave.local").stdout.split() == [addr]
     assert sorted(h.weavepy("dns-lookup", "ext").stdout.split()) == ["10.40.0.1", "10.40.0.2"]
     assert "weave:extern" in h.weavepy("status", "dns").stdout
+    h.weavepy("dns-add", "10.32.9.2", "c1")  # the name defaults to the container's hostname
+    assert sorted(h.weavepy("dns-lookup", "c1").stdout.split()) == sorted([addr, "10.32.9.2"])
+    h.weavepy("dns-remove", "10.32.9.2", "c1")
+    assert h.weavepy("dns-lookup", "c1").stdout.split() == [addr]
     h.weavepy("dns-remove", "10.40.0.1", "-h", "ext.weave.local")
     assert h.weavepy("dns-lookup", "ext").stdout.split() == ["10.40.0.2"]
     h.weavepy("dns-remove", "c1", "-h", "alias.weave.local")
@@ -130,3 +134,44 @@ def test_other_domain_and_no_dns(h):
     r = h.weavepy("dns-args")
     assert r.returncode == 0 and r.stdout == ""
     assert "Service: dns" not in h.weavepy("status").stdout
+
+
+def test_random_and_truncated_packets_never_stop_the_server(h):
+    server = dns_server(h)
+    run_named(h, "c1")
+    script = f"""
+import os, random, socket, struct
+host, port = "{server.split(':')[0]}", {server.split(':')[1]}
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rnd = random.Random(7)
+good = bytes.fromhex("abcd01000001000000000000") + b"\\x02c1\\x05weave\\x05local\\x00\\x00\\x01\\x00\\x01"
+for i in range(3000):
+    if i % 3 == 0:
+        pkt = good[:rnd.randrange(len(good))]
+    elif i % 3 == 1:
+        pkt = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 600)))
+    else:
+        b = bytearray(good); b[rnd.randrange(len(b))] = rnd.randrange(256); pkt = bytes(b)
+    u.sendto(pkt, (host, port))
+for junk in (b"\\x00\\x05abc", b"\\xff\\xff" + os.urandom(100), b"\\x00"):
+    t = socket.create_connection((host, port)); t.sendall(junk); t.close()
+"""
+    h.run([__import__("sys").executable, "-c", script])
+    assert h.dns_query(server, "c1.weave.local")["answers"] == ["10.32.0.1"]
+    assert h.dns_query(server, "c1.weave.local", transport="tcp")["answers"] == ["10.32.0.1"]
+
+
+def test_upstreams_follow_resolv_conf_without_ourselves(h, testbed):
+    server = dns_server(h)
+    ours = server.split(":")[0]
+    stub = h.run("cat /etc/resolv.conf").stdout
+    try:
+        # our own address first: it must be left out, or every forward would loop back to us
+        h.run(f"printf 'nameserver {ours}\\n{stub}' > /etc/resolv.conf")
+        assert wait_for(lambda: h.dns_query(server, "www.example.com")["answers"] == ["192.0.2.10"], timeout=5)
+        upstream = [l for l in h.weavepy("status").stdout.splitlines() if "Upstream:" in l][0]
+        assert ours not in upstream and stub.split()[1] in upstream
+        h.run(f"echo 'nameserver {ours}' > /etc/resolv.conf")  # nothing but ourselves: no upstream at all
+        assert wait_for(lambda: h.dns_query(server, "www.example.com")["rcode"] == "SERVFAIL", timeout=5)
+    finally:
+        h.run(f"printf '{stub}' > /etc/resolv.conf")
