@@ -9,6 +9,8 @@ for pair in dockerd:docker.io busybox:busybox-static iptables:iptables ip:iprout
     command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
 done
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/aarch64-linux-gnu/libc.a ] || need_pkgs+=(libc6-dev)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3 python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -22,3 +24,7 @@ fi
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
 # A regular install: an editable one adds an import hook that slows every CLI start.
 .venv/bin/pip install -q '.[test]'
+
+# weavewait: the static helper the proxy puts in front of containers' entrypoints (built, not downloaded).
+mkdir -p .venv/lib/weavepy
+gcc -static -Os -o .venv/lib/weavepy/weavewait proxy/weavewait.c

@@ -133,6 +133,12 @@ def build_app(daemon) -> web.Application:
         return web.json_response({"removed": await net.dns_remove(d.get("ips", []), d.get("container"),
                                                                   d.get("fqdn"))})
 
+    @routes.get("/proxyaddrs")
+    async def proxy_addrs(request):
+        if daemon.proxy is None:
+            raise web.HTTPNotFound(text="the proxy is not running\n")
+        return text("".join(f"{a}\n" for a in daemon.proxy.addresses))
+
     @routes.get("/ipinfo/defaultsubnet")
     async def default_subnet(request):
         return text(str(daemon.allocator.default_subnet))

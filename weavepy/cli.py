@@ -33,6 +33,8 @@ weavepy --help | help
         ps            [<container_id> ...]
         expose        [<addr> ...] [--without-masquerade] [-h <fqdn>]
         hide          [<addr> ...]
+        env           [--restore]
+        config
         dns-args
         dns-add       [<ip_address> ...] <container_id> [-h <fqdn>] |
                       <ip_address> ... -h <fqdn>
@@ -70,6 +72,16 @@ Start this host's router daemon and wait until it answers (prints the peer name)
   --dns-ttl <seconds>             TTL of DNS answers (default 1)
   --dns-listen-address <ip:port>  where DNS listens (default: the Docker bridge address, port 53)
   --resolv-conf <path>            upstream servers for other names (default /etc/resolv.conf)
+  --no-proxy                      do not run the Docker API proxy
+  -H <unix:///path|tcp://addr:port>  where the proxy listens (default unix:///run/weavepy/weave.sock)
+  --no-default-ipalloc            only containers with WEAVE_CIDR join weave through the proxy
+  --no-rewrite-hosts              leave proxied containers' /etc/hosts alone
+  --without-dns                   proxied containers get no hostname or DNS settings
+  --no-multicast-route            no 224.0.0.0/4 route in proxied containers
+  --hostname-from-label <key>     take proxied containers' hostnames from this label
+  --hostname-match <regexp>       --hostname-replacement <repl>: rewrite derived hostnames ($1, ${name})
+  --rewrite-inspect               docker inspect shows the weave address
+  --tls | --tlsverify  --tlscacert <f> --tlscert <f> --tlskey <f>   TLS for tcp:// proxy listeners
 """,
     "stop": "Usage: weavepy stop\n\nStop the router daemon. Containers keep their interfaces and addresses.\n",
     "reset": ("Usage: weavepy reset [--force]\n\nStop the daemon and remove everything weavepy made: the bridge, "
@@ -90,6 +102,9 @@ Start this host's router daemon and wait until it answers (prints the peer name)
     "ps": "Usage: weavepy ps [<container> ...]\n\nList attached containers: <id> <mac> <cidr>...\n",
     "expose": ("Usage: weavepy expose [<addr> ...] [--without-masquerade] [-h <fqdn>]\n\n"
                "Give this host an address on the weave network; prints it. -h registers it in DNS.\n"),
+    "env": ("Usage: weavepy env [--restore]\n\nPrint the shell commands that point DOCKER_HOST at the proxy:\n"
+            "  eval $(weavepy env)\nWith --restore, the commands that point it back.\n"),
+    "config": "Usage: weavepy config\n\nPrint the docker client option for the proxy: docker $(weavepy config) ps\n",
     "dns-args": ("Usage: weavepy dns-args\n\nPrint docker run arguments that make a container use weaveDNS:\n"
                  "  docker run $(weavepy dns-args) ...\n"),
     "dns-add": ("Usage: weavepy dns-add [<ip> ...] <container> [-h <fqdn>]\n"
@@ -152,11 +167,14 @@ def check_addrs(tokens: list[str]):
 
 # -- launch / stop / reset --------------------------------------------------
 
-LAUNCH_FLAGS = {"--no-restart", "--foreground", "--no-discovery", "--no-dns"}
+LAUNCH_FLAGS = {"--no-restart", "--foreground", "--no-discovery", "--no-dns", "--no-proxy",
+                "--no-default-ipalloc", "--no-rewrite-hosts", "--without-dns", "--no-multicast-route",
+                "--rewrite-inspect", "--tls", "--tlsverify"}
 LAUNCH_VALUED = {"--name", "--nickname", "--ipalloc-range", "--ipalloc-default-subnet", "--ipalloc-init",
                  "--mtu", "--port", "--password", "--trusted-subnets", "--conn-limit", "--http-addr",
                  "--log-level", "--docker-host", "--dns-domain", "--dns-ttl", "--dns-listen-address",
-                 "--resolv-conf"}
+                 "--resolv-conf", "-H", "--proxy", "--hostname-from-label", "--hostname-match",
+                 "--hostname-replacement", "--tlscacert", "--tlscert", "--tlskey"}
 
 
 def launch_config(args: list[str]):
@@ -193,6 +211,18 @@ def launch_config(args: list[str]):
         dns_ttl=integer("--dns-ttl", 1),
         dns_listen_address=last("--dns-listen-address"),
         resolv_conf=last("--resolv-conf", "/etc/resolv.conf"),
+        proxy="--no-proxy" not in o and last("--proxy", "true") != "false",
+        proxy_hosts=o.get("-H", []),
+        default_ipalloc="--no-default-ipalloc" not in o,
+        rewrite_hosts="--no-rewrite-hosts" not in o,
+        proxy_without_dns="--without-dns" in o,
+        multicast_route="--no-multicast-route" not in o,
+        hostname_from_label=last("--hostname-from-label"),
+        hostname_match=last("--hostname-match", "(.*)"),
+        hostname_replacement=last("--hostname-replacement", "$1"),
+        rewrite_inspect="--rewrite-inspect" in o,
+        tls="--tls" in o, tlsverify="--tlsverify" in o,
+        tlscacert=last("--tlscacert"), tlscert=last("--tlscert"), tlskey=last("--tlskey"),
     )
     try:
         c.validate()
@@ -381,6 +411,38 @@ def cmd_hide(args):
     print(show_addrs(result["addrs"]))
 
 
+def proxy_address() -> str:
+    try:
+        addrs = client.request("GET", "/proxyaddrs").split()
+    except CLIError as exc:
+        raise CLIError(f"{exc}" if "not running" in str(exc) else "the Docker API proxy is not running") from None
+    if not addrs:
+        raise CLIError("the Docker API proxy is not running")
+    return addrs[0]
+
+
+def cmd_env(args):
+    _, o = split_args(args, {"--restore"}, set())
+    if "--restore" in o:
+        if "ORIG_DOCKER_HOST" not in os.environ:
+            raise CLIError("Nothing to restore. This is most likely because there was no preceding "
+                           "invocation of 'eval $(weavepy env)' in this shell.")
+        orig = os.environ["ORIG_DOCKER_HOST"]
+        print(f"export DOCKER_HOST={orig}" if orig else "unset DOCKER_HOST")
+        return
+    addr = proxy_address()
+    current = os.environ.get("DOCKER_HOST", "")
+    if current == addr:
+        print(f"export DOCKER_HOST={addr}")
+    else:
+        print(f"export DOCKER_HOST={addr} ORIG_DOCKER_HOST={current}")
+
+
+def cmd_config(args):
+    split_args(args, set(), set())
+    print(f"-H={proxy_address()}")
+
+
 def cmd_dns_args(args):
     split_args(args, set(), set())
     try:
@@ -429,6 +491,7 @@ def cmd_dns_lookup(args):
 
 
 COMMANDS = {
+    "env": cmd_env, "config": cmd_config,
     "dns-args": cmd_dns_args, "dns-add": cmd_dns_add, "dns-remove": cmd_dns_remove, "dns-lookup": cmd_dns_lookup,
     "launch": cmd_launch, "stop": cmd_stop, "reset": cmd_reset, "version": cmd_version,
     "status": cmd_status, "report": cmd_report, "run": cmd_run, "attach": cmd_attach,

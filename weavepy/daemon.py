@@ -18,6 +18,7 @@ from weavepy import config as cfg
 from weavepy.launch_config import ConfigError, LaunchConfig
 from weavepy import statefile
 from weavepy.api import build_app
+from weavepy.proxy.server import SOCKET_PATH, DockerProxy, ProxyOptions, find_weavewait, install_weavewait
 from weavepy.dns.records import Records
 from weavepy.dns.responder import Responder
 from weavepy.dns.server import DNSServer
@@ -78,6 +79,7 @@ class Daemon:
         self.dns_server: DNSServer | None = None
         self.dns_address = dns_listen_address(config) if config.dns else None
         self.docker: DockerClient | None = None
+        self.proxy: DockerProxy | None = None
         self.network: HostNetwork | None = None
         self.tasks: list[asyncio.Task] = []
 
@@ -91,10 +93,35 @@ class Daemon:
             raise SystemExit(f"weavepy: cannot serve DNS on {host}:{port}: {exc.strerror}; "
                              f"use --dns-listen-address or --no-dns")
 
+    async def start_proxy(self):
+        c = self.config
+        source = find_weavewait()
+        if source is None:
+            raise SystemExit("weavepy: the weavewait helper is not installed (scripts/setup.sh builds it); "
+                             "launch with --no-proxy to run without the Docker API proxy")
+        wait_dir = cfg.state_path("w")
+        install_weavewait(source, wait_dir)
+        opts = ProxyOptions(
+            hosts=c.proxy_hosts or [f"unix://{SOCKET_PATH}"], default_ipalloc=c.default_ipalloc,
+            rewrite_hosts=c.rewrite_hosts, without_dns=c.proxy_without_dns or not c.dns,
+            multicast_route=c.multicast_route, hostname_from_label=c.hostname_from_label,
+            hostname_match=c.hostname_match, hostname_replacement=c.hostname_replacement,
+            rewrite_inspect=c.rewrite_inspect, tls=c.tls, tlsverify=c.tlsverify, tlscacert=c.tlscacert,
+            tlscert=c.tlscert, tlskey=c.tlskey)
+        self.proxy = DockerProxy(opts, self.docker, self.network, self.allocator.default_subnet,
+                                 self.dns_address[0] if self.dns_address else None, c.dns_domain, wait_dir,
+                                 c.docker_host)
+        try:
+            await self.proxy.start()
+        except OSError as exc:
+            raise SystemExit(f"weavepy: cannot start the Docker API proxy: {exc}")
+
     def report(self) -> dict:
-        return status.build_report(self.config, self.peer, self.allocator, self.started,
-                                   self.dns_records, self.dns_address,
-                                   self.dns_server.upstream.current() if self.dns_server else [])
+        report = status.build_report(self.config, self.peer, self.allocator, self.started,
+                                     self.dns_records, self.dns_address,
+                                     self.dns_server.upstream.current() if self.dns_server else [])
+        report["Proxy"] = {"Addresses": list(self.proxy.addresses)} if self.proxy else None
+        return report
 
     async def watch_docker(self):
         """Follow container events; after any break, catch up with what was missed."""
@@ -102,10 +129,15 @@ class Daemon:
         while True:
             try:
                 await self.network.reconcile()
+                if self.proxy:
+                    await self.proxy.attach_running()
                 backoff = 0.2
                 async for event in self.docker.events():
                     try:
                         await self.network.on_event(event)
+                        if self.proxy and event.get("Action") == "start":
+                            # not awaited: a start request held for this attach must not block events
+                            asyncio.ensure_future(self.proxy.container_started(event["Actor"]["ID"]))
                     except Exception:
                         log.exception("handling docker event %s", event.get("Action"))
             except DockerError as exc:
@@ -129,6 +161,8 @@ class Daemon:
                                    cfg.state_path(IPAM_FILE), cfg.state_path(RECORDS_FILE), self.dns_records)
         if self.dns_records is not None:
             await self.start_dns()
+        if self.config.proxy:
+            await self.start_proxy()
         host, _, port = self.config.http_addr.rpartition(":")
         runner = web.AppRunner(build_app(self), access_log=None)
         await runner.setup()
@@ -152,6 +186,8 @@ class Daemon:
         await runner.cleanup()
         if self.dns_server:
             await self.dns_server.close()
+        if self.proxy:
+            await self.proxy.close()
         await self.docker.close()
 
 

@@ -19,6 +19,11 @@ class NoSuchContainer(DockerError):
         super().__init__(f"no such container: {name}", 404)
 
 
+class NoSuchImage(DockerError):
+    def __init__(self, name: str):
+        super().__init__(f"No such image: {name}", 404)
+
+
 def connector_for(docker_host: str) -> tuple[aiohttp.BaseConnector, str]:
     if docker_host.startswith("unix://"):
         return aiohttp.UnixConnector(path=docker_host[len("unix://"):]), "http://docker"
@@ -52,6 +57,22 @@ class DockerClient:
         if status != 200:
             raise DockerError(f"inspecting {name}: {body.decode(errors='replace').strip()}", status)
         return json.loads(body)
+
+    async def image(self, name: str) -> dict:
+        status, body = await self._get(f"/images/{quote(name, safe='')}/json")
+        if status == 404:
+            raise NoSuchImage(name)
+        if status != 200:
+            raise DockerError(f"inspecting image {name}: {body.decode(errors='replace').strip()}", status)
+        return json.loads(body)
+
+    async def kill(self, cid: str) -> None:
+        try:
+            async with self.session.post(f"{self.base}/containers/{cid}/kill",
+                                         timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                await resp.read()
+        except aiohttp.ClientError as exc:
+            raise DockerError(f"killing {cid[:12]}: {exc}", 503) from None
 
     async def running_ids(self) -> set[str]:
         status, body = await self._get("/containers/json")

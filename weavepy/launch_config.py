@@ -35,6 +35,21 @@ class LaunchConfig:
     dns_ttl: int = 1
     dns_listen_address: str | None = None  # default: the Docker bridge's address, port 53
     resolv_conf: str = "/etc/resolv.conf"
+    proxy: bool = True
+    proxy_hosts: list[str] = field(default_factory=list)  # -H; default unix:///run/weavepy/weave.sock
+    default_ipalloc: bool = True
+    rewrite_hosts: bool = True
+    proxy_without_dns: bool = False
+    multicast_route: bool = True
+    hostname_from_label: str | None = None
+    hostname_match: str = "(.*)"
+    hostname_replacement: str = "$1"
+    rewrite_inspect: bool = False
+    tls: bool = False
+    tlsverify: bool = False
+    tlscacert: str | None = None
+    tlscert: str | None = None
+    tlskey: str | None = None
 
     def validate(self) -> "LaunchConfig":
         from weavepy.ipam.request import AddressError, check_allocatable, parse_subnet
@@ -82,6 +97,24 @@ class LaunchConfig:
                 raise ConfigError(f"invalid DNS listen address '{self.dns_listen_address}'") from None
             if host and not port.isdigit():
                 raise ConfigError(f"invalid DNS listen address '{self.dns_listen_address}'")
+        import re
+        try:
+            re.compile(self.hostname_match)
+        except re.error as exc:
+            raise ConfigError(f"Incorrect hostname match '{self.hostname_match}': {exc}") from None
+        for h in self.proxy_hosts:
+            if h.startswith("unix://") or h.startswith("/"):
+                if not h.replace("unix://", "").startswith("/"):
+                    raise ConfigError("When launching the proxy, unix sockets must be specified as an absolute path.")
+            else:
+                addr = h[len("tcp://"):] if h.startswith("tcp://") else h
+                _, _, port = addr.rpartition(":")
+                if not port.isdigit():
+                    raise ConfigError(f"invalid -H '{h}': expected unix:///path or tcp://host:port")
+        if (self.tls or self.tlsverify) and not (self.tlscert and self.tlskey):
+            raise ConfigError("--tls/--tlsverify need --tlscert and --tlskey")
+        if self.tlsverify and not self.tlscacert:
+            raise ConfigError("--tlsverify needs --tlscacert")
         for peer in self.peers:
             if not peer or peer.startswith("-"):
                 raise ConfigError(f"invalid peer address '{peer}'")

@@ -83,6 +83,9 @@ def status_text(report: dict) -> str:
         ("Range", ipam["Range"]),
         ("DefaultSubnet", ipam["DefaultSubnet"]),
     ])
+    proxy = report.get("Proxy")
+    if proxy is not None:
+        lines += [""] + _block([("Service", "proxy"), ("Address", ", ".join(proxy["Addresses"]))])
     dns = report.get("DNS")
     if dns is not None:
         lines += [""] + _block([

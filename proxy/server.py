@@ -1,0 +1,298 @@
+"""The Docker API proxy: `eval $(weavepy env)` and plain `docker run` joins the weave network.
+
+Every request is forwarded unchanged except:
+  create        -> WEAVE_CIDR checked (400 naming a bad token, nothing created), weavewait
+                   put in front of the entrypoint, hostname/DNS settings added;
+  start/restart -> answered only once the container is attached (or killed, 500, on failure);
+  exec create   -> exec'd commands wait for the network too.
+Containers that Docker starts by itself (restart policies, other clients) are attached
+from the event stream.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import ssl
+import stat
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from weavepy.docker_client import DockerError, NoSuchContainer, NoSuchImage
+from weavepy.host_network import UserError
+from weavepy.ipam.request import AddressError
+
+from . import create as create_rewrite
+from .forward import Upstream, error
+from .hostname import derive
+from .weave_cidr import decide, validate
+
+log = logging.getLogger("weavepy.proxy")
+
+V = r"^(?:/v[0-9.]+)?"
+CREATE = re.compile(V + r"/containers/create$")
+START = re.compile(V + r"/containers/([^/]+)/(?:re)?start$")
+EXEC_CREATE = re.compile(V + r"/containers/([^/]+)/exec$")
+INSPECT = re.compile(V + r"/containers/([^/]+)/json$")
+HIJACKED = re.compile(V + r"/(?:containers/[^/]+/attach|exec/[^/]+/start)$")
+SOCKET_PATH = "/run/weavepy/weave.sock"
+
+
+@dataclass
+class ProxyOptions:
+    hosts: list[str] = field(default_factory=lambda: [f"unix://{SOCKET_PATH}"])
+    default_ipalloc: bool = True
+    rewrite_hosts: bool = True
+    without_dns: bool = False
+    multicast_route: bool = True
+    hostname_from_label: str | None = None
+    hostname_match: str = "(.*)"
+    hostname_replacement: str = "$1"
+    rewrite_inspect: bool = False
+    tls: bool = False
+    tlsverify: bool = False
+    tlscacert: str | None = None
+    tlscert: str | None = None
+    tlskey: str | None = None
+
+
+def install_weavewait(source: str, wait_dir: str) -> None:
+    """Copy the static weavewait to where containers get it mounted read-only (as /w/w)."""
+    os.makedirs(wait_dir, exist_ok=True)
+    target = os.path.join(wait_dir, "w")
+    tmp = target + ".tmp"
+    shutil.copyfile(source, tmp)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, target)
+
+
+def find_weavewait() -> str | None:
+    import sys
+    for path in (os.environ.get("WEAVEPY_WEAVEWAIT"), os.path.join(sys.prefix, "lib", "weavepy", "weavewait"),
+                 "/usr/local/lib/weavepy/weavewait"):
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+class DockerProxy:
+    def __init__(self, opts: ProxyOptions, docker, network, default_subnet, dns_address: str | None,
+                 dns_domain: str, wait_dir: str, docker_host: str):
+        self.opts = opts
+        self.docker = docker
+        self.network = network
+        self.default_subnet = default_subnet
+        self.dns_address = None if opts.without_dns else dns_address
+        self.dns_domain = dns_domain
+        self.wait_dir = wait_dir
+        self.upstream = Upstream(docker_host)
+        self.match = re.compile(opts.hostname_match)
+        self.pending_starts: set[str] = set()  # container IDs whose start request waits for attach
+        self.runners: list[web.AppRunner] = []
+        self.addresses: list[str] = []
+
+    # -- listening ------------------------------------------------------------
+    async def start(self):
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self.runners.append(runner)
+        unix = [h for h in self.opts.hosts if h.startswith("unix://") or h.startswith("/")]
+        tcp = [h for h in self.opts.hosts if h not in unix]
+        for host in tcp:
+            addr = host[len("tcp://"):] if host.startswith("tcp://") else host
+            h, _, p = addr.rpartition(":")
+            await web.TCPSite(runner, h or "0.0.0.0", int(p), ssl_context=self._ssl_context()).start()
+            self.addresses.append(f"tcp://{addr}")
+        if unix:
+            os.makedirs(os.path.dirname(SOCKET_PATH), exist_ok=True)
+            if os.path.exists(SOCKET_PATH):
+                os.unlink(SOCKET_PATH)
+            await web.UnixSite(runner, SOCKET_PATH).start()
+            self._match_docker_socket_permissions()
+            self.addresses.append(f"unix://{SOCKET_PATH}")
+
+    def _ssl_context(self):
+        if not (self.opts.tls or self.opts.tlsverify):
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.opts.tlscert, self.opts.tlskey)
+        if self.opts.tlsverify:
+            ctx.load_verify_locations(self.opts.tlscacert)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def _match_docker_socket_permissions(self):
+        try:
+            st = os.stat(self.upstream.path)
+            os.chmod(SOCKET_PATH, stat.S_IMODE(st.st_mode))
+            os.chown(SOCKET_PATH, -1, st.st_gid)
+        except OSError as exc:
+            log.warning("cannot copy the Docker socket's permissions: %s", exc)
+
+    async def close(self):
+        for r in self.runners:
+            await r.cleanup()
+        await self.upstream.close()
+
+    # -- dispatch ---------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        try:
+            if request.method == "POST" and CREATE.match(path):
+                return await self.create(request)
+            m = START.match(path)
+            if request.method == "POST" and m:
+                return await self.start_container(request, m.group(1))
+            m = EXEC_CREATE.match(path)
+            if request.method == "POST" and m:
+                return await self.exec_create(request, m.group(1))
+            if request.method == "POST" and HIJACKED.match(path):
+                return await self.upstream.hijack(request)
+            m = INSPECT.match(path)
+            if self.opts.rewrite_inspect and request.method == "GET" and m:
+                return await self.inspect(request)
+            return await self.upstream.forward(request)
+        except DockerError as exc:
+            return error(exc.status, str(exc))
+
+    # -- create ---------------------------------------------------------------
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return await self.upstream.forward(request, raw)  # let dockerd word its own error
+        if not isinstance(body, dict):
+            return await self.upstream.forward(request, raw)
+        host = body.get("HostConfig") or {}
+        decision = decide(host.get("NetworkMode"), body.get("Env"), self.opts.default_ipalloc)
+        if not decision.attach:
+            return await self.upstream.forward(request, raw)
+        try:
+            validate(decision.tokens, self.default_subnet)
+        except AddressError as exc:
+            return error(400, str(exc))
+        image_config = None
+        if create_rewrite.needs_image(body):
+            image = body.get("Image", "")
+            try:
+                image_config = (await self.docker.image(image)).get("Config") or {}
+            except NoSuchImage:
+                return error(404, f"No such image: {image}")  # the CLI pulls and tries again
+        name = request.query.get("name", "").lstrip("/")
+        hostname = "" if self.dns_address is None else derive(
+            name, body.get("Labels"), self.opts.hostname_from_label, self.match, self.opts.hostname_replacement)
+        try:
+            new = create_rewrite.rewrite(body, create_rewrite.CreateOptions(
+                self.wait_dir, self.dns_address, self.dns_domain, hostname), image_config)
+        except create_rewrite.CreateError as exc:
+            return error(exc.status, str(exc))
+        return await self.upstream.forward(request, json.dumps(new).encode())
+
+    # -- start ----------------------------------------------------------------
+    async def start_container(self, request: web.Request, name: str) -> web.StreamResponse:
+        try:
+            info = await self.docker.inspect(name)
+        except NoSuchContainer:
+            return error(404, f"No such container: {name}")
+        cid = info["Id"]
+        proxied = is_proxied(info)
+        if not proxied:
+            return await self.upstream.forward(request)
+        self.pending_starts.add(cid)  # before forwarding: the start event must leave it to us
+        try:
+            body = await request.read()
+            status, headers, data = await self.upstream.call(request, body)
+            response = web.Response(status=status, body=data, headers=headers)
+            if not 200 <= status < 300:
+                return response
+            problem = await self.attach(cid)
+            if problem:
+                await self.docker.kill(cid)  # an API kill: a restart policy must not revive it
+                return error(500, f"weavepy: cannot attach {name}: {problem}")
+            return response
+        finally:
+            self.pending_starts.discard(cid)
+
+    async def attach(self, cid: str) -> str | None:
+        """Attach a proxied container as its WEAVE_CIDR says; returns what went wrong, or None."""
+        try:
+            info = await self.docker.inspect(cid)
+        except DockerError as exc:
+            return str(exc)
+        if not is_proxied(info) or not info["State"].get("Running"):
+            return None
+        decision = decide(info["HostConfig"].get("NetworkMode"), info["Config"].get("Env"),
+                          self.opts.default_ipalloc)
+        if not decision.attach:
+            return None
+        try:
+            await self.network.attach(cid, list(decision.tokens), multicast_route=self.opts.multicast_route,
+                                      without_dns=self.dns_address is None,
+                                      rewrite_hosts=self.opts.rewrite_hosts,
+                                      add_hosts=info["HostConfig"].get("ExtraHosts") or [])
+        except UserError as exc:
+            return str(exc)
+        return None
+
+    async def container_started(self, cid: str):
+        """A start event: attach what Docker started by itself (restart policies, other clients)."""
+        if cid in self.pending_starts:
+            return
+        problem = await self.attach(cid)
+        if problem:
+            log.warning("attaching %s failed: %s; killing it so its restart policy can retry", cid[:12], problem)
+            try:
+                info = await self.docker.inspect(cid)
+                os.kill(info["State"]["Pid"], signal.SIGKILL)  # a crash, not a stop: restart policies apply
+            except (DockerError, ProcessLookupError, KeyError):
+                pass
+
+    async def attach_running(self):
+        """After (re)connecting to dockerd: attach proxied containers that started while we were away."""
+        for cid in await self.docker.running_ids():
+            if cid not in self.pending_starts and not self.network.allocator.addresses(cid):
+                await self.container_started(cid)
+
+    # -- exec and inspect ---------------------------------------------------------
+    async def exec_create(self, request: web.Request, name: str) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+            info = await self.docker.inspect(name)
+        except (json.JSONDecodeError, UnicodeDecodeError, DockerError):
+            return await self.upstream.forward(request, raw)
+        if not isinstance(body, dict) or not is_proxied(info):
+            return await self.upstream.forward(request, raw)
+        cmd = body.get("Cmd") or []
+        if isinstance(cmd, str):
+            cmd = [cmd]
+        body["Cmd"] = [create_rewrite.WAIT_PROGRAM] + cmd
+        return await self.upstream.forward(request, json.dumps(body).encode())
+
+    async def inspect(self, request: web.Request) -> web.StreamResponse:
+        status, headers, data = await self.upstream.call(request)
+        if status != 200:
+            return web.Response(status=status, body=data, headers=headers)
+        info = json.loads(data)
+        cidrs = self.network.allocator.addresses(info.get("Id", ""))
+        if cidrs and info.get("State", {}).get("Running"):
+            ns = info.setdefault("NetworkSettings", {})
+            ns["IPAddress"], ns["IPPrefixLen"] = str(cidrs[0].ip), cidrs[0].network.prefixlen
+            from weavepy.net import veth
+            iface = await asyncio.to_thread(veth.inspect, info["State"]["Pid"])
+            if iface:
+                ns["MacAddress"] = iface.mac
+        return web.json_response(info, status=200, headers={k: v for k, v in headers.items()
+                                                             if k.lower() != "content-type"})
+
+
+def is_proxied(info: dict) -> bool:
+    return (info.get("Config", {}).get("Entrypoint") or [None])[0] == create_rewrite.WAIT_PROGRAM

@@ -1,0 +1,216 @@
+"""The Docker API proxy as users meet it: `eval $(weavepy env)`, then the plain docker CLI."""
+import hashlib
+import json
+import os
+import pty
+import select
+import subprocess
+import time
+
+import pytest
+
+from testbed import wait_for
+
+pytestmark = pytest.mark.integration
+
+PROXY = {"DOCKER_HOST": "unix:///run/weavepy/weave.sock"}
+
+
+@pytest.fixture
+def h(hosts):
+    host = hosts[0]
+    host.remove_all_containers()
+    host.weavepy("reset", "--force")
+    host.weavepy("launch")
+    yield host
+    host.remove_all_containers()
+    host.weavepy("reset", "--force", check=False)
+
+
+def pd(h, *args, check=True, input=None, timeout=120):
+    """docker through the proxy."""
+    r = h.run(["docker", *args], check=False, env=PROXY, input=input, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed: {r.stderr}")
+    return r
+
+
+def in_pty(h, argv, keys: list[bytes], timeout=30) -> tuple[int, str]:
+    """Run argv on the host under a pseudo-terminal, typing keys; returns (exit code, screen)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(h.nsenter_prefix() + argv, stdin=slave, stdout=slave, stderr=slave,
+                            env=h.env(PROXY), close_fds=True, start_new_session=True)
+    os.close(slave)
+    out, deadline, pending = b"", time.monotonic() + timeout, list(keys)
+    time.sleep(1.0)
+    while time.monotonic() < deadline:
+        if pending:
+            os.write(master, pending.pop(0))
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None and not pending:
+            break
+    try:
+        code = proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return code, out.decode(errors="replace")
+
+
+def owned(h) -> dict:
+    data = json.loads(h.run(["busybox", "wget", "-qO-", "http://127.0.0.1:6784/ip"]).stdout)
+    return {o["containerid"]: o["addrs"] for o in data["owned"] or []}
+
+
+def test_env_config_and_harmless_when_not_running(h):
+    assert h.weavepy("env").stdout == "export DOCKER_HOST=unix:///run/weavepy/weave.sock ORIG_DOCKER_HOST=\n"
+    assert h.weavepy("config").stdout == "-H=unix:///run/weavepy/weave.sock\n"
+    restore = h.weavepy("env", "--restore", env={"ORIG_DOCKER_HOST": "unix:///var/run/docker.sock"})
+    assert restore.stdout == "export DOCKER_HOST=unix:///var/run/docker.sock\n"
+    assert h.weavepy("env", "--restore", check=False).returncode == 1
+    sock = h.run("stat -c '%a %g' /run/weavepy/weave.sock /run/docker.sock").stdout.splitlines()
+    assert sock[0] == sock[1]  # mode and group of the Docker socket
+    h.weavepy("stop")
+    r = h.weavepy("env", check=False)
+    assert r.returncode == 1 and r.stdout == "" and "not running" in r.stderr
+
+
+def test_interface_is_up_before_the_first_instruction(h):
+    for i in range(50):
+        out = pd(h, "run", "--rm", "busybox", "ip", "-4", "-o", "addr", "show", "ethwe").stdout
+        assert " inet 10.32." in out, f"run {i}: {out}"
+
+
+def test_weave_cidr_forms_isolation_and_names(h):
+    out = pd(h, "run", "--rm", "-e", "WEAVE_CIDR=10.35.1.1/24", "busybox", "ip", "-4", "-o", "addr",
+             "show", "ethwe").stdout
+    assert "inet 10.35.1.1/24" in out
+    pd(h, "run", "-dt", "--name", "plain", "-e", "WEAVE_CIDR=none", "busybox", "sh")
+    assert h.ethwe("plain") == []
+    addr = h.weavepy("attach", "plain").stdout.strip()
+    assert h.ethwe("plain") == [addr + "/12"]
+    pd(h, "run", "-dt", "--name", "c6", "-e", "WEAVE_CIDR=net:default net:10.32.0.0/24", "busybox", "sh")
+    assert sorted(c.split("/")[1] for c in h.ethwe("c6")) == ["12", "24"]
+    pd(h, "run", "-dt", "--name", "c4", "-e", "WEAVE_CIDR=10.36.1.1/24", "busybox", "sh")
+    assert not h.ping("c4", addr, timeout=1)  # different subnets stay apart
+    pd(h, "run", "-dt", "--name", "c1", "busybox", "sh")
+    ping = pd(h, "run", "--rm", "busybox", "ping", "-c1", "c1").stdout
+    assert "1 packets received" in ping
+    assert pd(h, "exec", "c1", "hostname", "-i").stdout.split()[0] == h.ethwe("c1")[0].split("/")[0]
+    assert h.ping("c6", "c1")  # a named container finds another by its short name
+
+
+def test_malformed_weave_cidr_fails_the_run_and_leaves_nothing(h):
+    before = (owned(h), h.veths())
+    for bad in ("10.2.1.1", "net:foo", "10.2.1.1/33"):
+        r = pd(h, "run", "--rm", "-e", f"WEAVE_CIDR={bad}", "busybox", "true", check=False)
+        assert r.returncode != 0 and bad in r.stderr and "{" not in r.stderr
+    assert pd(h, "ps", "-aq").stdout.strip() == ""
+    assert (owned(h), h.veths()) == before
+
+
+def test_interactive_and_streaming_commands(h):
+    code, screen = in_pty(h, ["docker", "run", "-it", "--rm", "busybox", "sh"],
+                          [b"echo hello-$((1+2))\r", b"exit 3\r"])
+    assert "hello-3" in screen and code == 3
+    assert pd(h, "run", "-i", "--rm", "busybox", "cat", input="data\n").stdout == "data\n"
+    out = pd(h, "run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2")
+    assert out.stdout == "out\n" and out.stderr == "err\n"
+
+    pd(h, "run", "-dit", "--name", "c1", "busybox", "sh")
+    code, screen = in_pty(h, ["docker", "exec", "-it", "c1", "sh"], [b"echo in-$((2*3))\r", b"exit\r"])
+    assert "in-6" in screen and code == 0
+    code, screen = in_pty(h, ["docker", "attach", "c1"], [b"echo att-$((3*3))\r", b"exit\r"])
+    assert "att-9" in screen
+
+    pd(h, "run", "-d", "--name", "ticker", "busybox", "sh", "-c", "i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.2; done")
+    logs = h.run(["timeout", "3", "docker", "logs", "-f", "ticker"], check=False, env=PROXY).stdout
+    assert "tick0" in logs and "tick5" in logs  # followed, not just the first chunk
+
+    events = subprocess.Popen(h.nsenter_prefix() + ["docker", "events", "--format", "{{.Action}} {{.Actor.Attributes.name}}"],
+                              stdout=subprocess.PIPE, text=True, env=h.env(PROXY))
+    try:
+        time.sleep(0.5)
+        pd(h, "create", "--name", "evented", "busybox", "true")
+        line = events.stdout.readline()
+        assert line.strip() == "create evented"
+    finally:
+        events.kill()
+        events.wait()
+    stats = pd(h, "stats", "--no-stream", "--format", "{{.Name}}", "ticker").stdout
+    assert stats.strip() == "ticker"
+
+
+def test_cp_100mb_both_ways(h):
+    src = h.dir / "big.bin"
+    with open(src, "wb") as f:
+        for _ in range(100):
+            f.write(os.urandom(1 << 20))
+    want = hashlib.sha256(src.read_bytes()).hexdigest()
+    pd(h, "run", "-dt", "--name", "box", "busybox", "sh")
+    pd(h, "cp", str(src), "box:/tmp/big.bin", timeout=300)
+    assert pd(h, "exec", "box", "sha256sum", "/tmp/big.bin").stdout.split()[0] == want
+    back = h.dir / "back.bin"
+    pd(h, "cp", "box:/tmp/big.bin", str(back), timeout=300)
+    assert hashlib.sha256(back.read_bytes()).hexdigest() == want
+    src.unlink()
+    back.unlink()
+
+
+def test_build_from_a_local_base_image(h):
+    ctx = h.dir / "ctx"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo built > /built\nCMD [\"cat\", \"/built\"]\n")
+    r = h.run(["docker", "build", "-t", "built:1", str(ctx)], check=False, env={**PROXY, "DOCKER_BUILDKIT": "0"})
+    assert r.returncode == 0, r.stderr
+    assert pd(h, "run", "--rm", "built:1").stdout == "built\n"
+
+
+def test_no_command_and_wait_helper_rules(h):
+    empty = h.dir / "empty"
+    empty.mkdir(exist_ok=True)
+    (empty / "busybox").write_bytes(open("/bin/busybox", "rb").read())
+    os.chmod(empty / "busybox", 0o755)
+    h.run(f"tar -C {empty} -c . | docker import - nocmd:1")
+    r = pd(h, "run", "--rm", "nocmd:1", check=False)
+    assert r.returncode != 0 and "No command specified" in r.stderr
+    # an image holding one static binary, no shell, no libc: the wait helper still works
+    out = pd(h, "run", "--rm", "nocmd:1", "/busybox", "ip", "-4", "-o", "addr", "show", "ethwe").stdout
+    assert "inet 10.32." in out
+    # exactly one extra mount, read-only; a committed image is not wrapped twice
+    pd(h, "run", "-dt", "--name", "orig", "busybox", "sh")
+    mounts = json.loads(pd(h, "inspect", "-f", "{{json .Mounts}}", "orig").stdout)
+    assert [(m["Destination"], m["RW"]) for m in mounts] == [("/w", False)]
+    assert pd(h, "exec", "orig", "touch", "/w/w", check=False).returncode != 0
+    pd(h, "commit", "orig", "committed:1")
+    pd(h, "run", "-dt", "--name", "again", "committed:1")
+    ep = json.loads(pd(h, "inspect", "-f", "{{json .Config.Entrypoint}}", "again").stdout)
+    assert ep.count("/w/w") == 1
+
+
+def test_addresses_survive_restarts_of_containers_weavepy_and_dockerd(h):
+    pd(h, "run", "-dt", "--name", "c1", "busybox", "sh")
+    pd(h, "run", "-dt", "--name", "always", "--restart=always", "busybox", "sh")
+    c1, always = h.ethwe("c1"), h.ethwe("always")
+    assert c1 and always
+    pd(h, "restart", "-t", "1", "c1")
+    assert h.ethwe("c1") == c1
+    pid = pd(h, "inspect", "-f", "{{.State.Pid}}", "always").stdout.strip()
+    h.run(["kill", "-9", pid])
+    assert wait_for(lambda: pd(h, "inspect", "-f", "{{.State.Pid}}", "always").stdout.strip() not in (pid, "0"))
+    assert wait_for(lambda: h.ethwe("always") == always)
+
+    h.weavepy("stop")
+    pd(h, "restart", "-t", "1", "c1", check=False)  # through dockerd only, while weavepy is away
+    h.run(["docker", "restart", "-t", "1", "c1"])
+    h.weavepy("launch")
+    assert wait_for(lambda: h.ethwe("c1") == c1)
