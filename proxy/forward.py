@@ -16,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
+import threading
 
 import aiohttp
 from aiohttp import web
@@ -25,8 +28,10 @@ log = logging.getLogger("weavepy.proxy")
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade"}
+SPLICE_CHUNK = 1 << 20
+SPLICE_F_MOVE = getattr(os, "SPLICE_F_MOVE", 1)
 STREAM_TYPES = ("application/vnd.docker.raw-stream", "application/vnd.docker.multiplexed-stream")
-PIPE_HIGH_WATER = 4 * 1024 * 1024
+
 
 
 def error(status: int, message: str) -> web.Response:
@@ -102,8 +107,9 @@ class Upstream:
     # -- hijacked streams ---------------------------------------------------
     async def hijack(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.open_unix_connection(self.path)
+            upstream, side = await loop.create_unix_connection(_UpstreamSide, self.path)
         except OSError as exc:
             return self.unreachable(exc)
         head = [f"{request.method} {request.raw_path} HTTP/1.1".encode()]
@@ -111,18 +117,18 @@ class Upstream:
             if k.lower() not in (b"content-length", b"transfer-encoding"):
                 head.append(k + b": " + v)
         head.append(b"Content-Length: %d" % len(body))
-        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        upstream.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         try:
-            resp_head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as exc:
-            writer.close()
+            await side.head_done
+        except ConnectionError as exc:
+            upstream.close()
             return error(500, f"Docker closed the connection: {exc}")
+        resp_head, rest = side.take_head()
         status, headers = _parse_head(resp_head)
         if status != 101 and not headers.get("content-type", "").startswith(STREAM_TYPES):
             # not a stream after all (an error, or a detached exec): an ordinary response
-            length = int(headers.get("content-length", "0") or 0)
-            data = await reader.readexactly(length) if length else b""
-            writer.close()
+            data = await side.read_body(rest, int(headers.get("content-length", "0") or 0))
+            upstream.close()
             out = web.Response(status=status, body=data)
             for line in resp_head.split(b"\r\n")[1:]:
                 if b":" in line:
@@ -130,7 +136,7 @@ class Upstream:
                     if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
                         out.headers.add(k.strip(), v.strip())
             return out
-        await pipe(request.transport, resp_head, reader, writer)
+        await pipe(request.transport, upstream, side, resp_head + rest)
         raise asyncio.CancelledError()  # the connection is no longer aiohttp's: it must write nothing
 
 
@@ -145,66 +151,189 @@ def _parse_head(head: bytes) -> tuple[int, dict]:
     return status, headers
 
 
-class _ClientSide(asyncio.Protocol):
-    """Takes the client's connection over from aiohttp: stdin goes upstream, EOF becomes a half-close."""
+class _UpstreamSide(asyncio.Protocol):
+    """dockerd's end: collects the response head, then writes straight through to the client."""
 
-    def __init__(self, transport, upstream: asyncio.StreamWriter):
+    def __init__(self):
+        loop = asyncio.get_running_loop()
+        self.head_done = loop.create_future()
+        self.more = asyncio.Event()
+        self.buf = bytearray()
+        self.client = None
+        self.eof = asyncio.Event()
+        self.transport = None
+        self.client_side = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        if self.client is not None:
+            self.client.write(data)
+            return
+        self.buf += data
+        self.more.set()
+        if not self.head_done.done() and b"\r\n\r\n" in self.buf:
+            self.head_done.set_result(None)
+
+    def take_head(self) -> tuple[bytes, bytes]:
+        head, _, rest = bytes(self.buf).partition(b"\r\n\r\n")
+        self.buf.clear()
+        return head + b"\r\n\r\n", rest
+
+    async def read_body(self, first: bytes, length: int) -> bytes:
+        self.buf += first
+        while len(self.buf) < length and not self.eof.is_set():
+            self.more.clear()
+            await self.more.wait()
+        return bytes(self.buf[:length])
+
+    def eof_received(self):
+        if self.client is not None and not self.client.is_closing() and self.client.can_write_eof():
+            self.client.write_eof()
+        self._ended()
+        return True
+
+    def connection_lost(self, exc):
+        self._ended()
+
+    def _ended(self):
+        self.eof.set()
+        self.more.set()
+        if not self.head_done.done():
+            self.head_done.set_exception(ConnectionError("no response"))
+
+    # dockerd cannot take stdin as fast as the client sends it: stop reading the client
+    def pause_writing(self):
+        if self.client_side:
+            self.client_side.transport.pause_reading()
+
+    def resume_writing(self):
+        if self.client_side and not self.client_side.transport.is_closing():
+            self.client_side.transport.resume_reading()
+
+
+class _ClientSide(asyncio.Protocol):
+    """The client's connection, taken over from aiohttp: stdin goes upstream, EOF becomes a half-close."""
+
+    def __init__(self, transport, upstream: asyncio.Transport):
         self.transport = transport
         self.upstream = upstream
         self.done = asyncio.Event()
-        self.can_write = asyncio.Event()
-        self.can_write.set()
 
     def data_received(self, data):
         self.upstream.write(data)
-        if self.upstream.transport.get_write_buffer_size() > PIPE_HIGH_WATER:
-            self.transport.pause_reading()
-            asyncio.ensure_future(self._resume_when_drained())
-
-    async def _resume_when_drained(self):
-        try:
-            await self.upstream.drain()
-        finally:
-            if not self.transport.is_closing():
-                self.transport.resume_reading()
 
     def eof_received(self):
-        if self.upstream.can_write_eof() and not self.upstream.is_closing():
+        if not self.upstream.is_closing() and self.upstream.can_write_eof():
             self.upstream.write_eof()
         self.done.set()
         return True  # keep our side open: output is still flowing to the client
 
     def connection_lost(self, exc):
         self.done.set()
-        self.can_write.set()
+        if not self.upstream.is_closing():
+            self.upstream.close()
 
+    # the client reads output slower than dockerd sends it: stop reading dockerd
     def pause_writing(self):
-        self.can_write.clear()
+        self.upstream.pause_reading()
 
     def resume_writing(self):
-        self.can_write.set()
+        if not self.upstream.is_closing():
+            self.upstream.resume_reading()
 
 
-async def pipe(transport, resp_head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-    client = _ClientSide(transport, writer)
+async def pipe(transport, upstream: asyncio.Transport, side: _UpstreamSide, first: bytes):
+    """Join the two connections until dockerd's output ends and the client is done (or 5 s pass).
+
+    After the head, the bytes never enter Python: each direction is spliced
+    kernel-side (socket -> pipe -> socket) by a thread of its own, so a
+    500 MB `docker exec cat` costs the proxy almost nothing.  Where splice is
+    missing, the two protocols relay the bytes instead.
+    """
+    if hasattr(os, "splice"):
+        client_sock, up_sock = transport.get_extra_info("socket"), upstream.get_extra_info("socket")
+        if client_sock is not None and up_sock is not None:
+            await _splice_pipe(transport, upstream, side, first, client_sock.fileno(), up_sock.fileno())
+            return
+    client = _ClientSide(transport, upstream)
     transport.set_protocol(client)
+    side.client_side = client
+    transport.write(first)  # the status line, headers and any output read with them
+    side.client = transport
     transport.resume_reading()
-    transport.write(resp_head)
     try:
-        while True:
-            data = await reader.read(65536)  # includes anything read together with the head
-            if not data:
-                break
-            if transport.is_closing():
-                break
-            transport.write(data)
-            await client.can_write.wait()
-        if not transport.is_closing() and transport.can_write_eof():
-            transport.write_eof()
+        await side.eof.wait()
         try:
             await asyncio.wait_for(client.done.wait(), 5)
         except asyncio.TimeoutError:
             pass
     finally:
         transport.close()
-        writer.close()
+        upstream.close()
+
+
+async def _splice_pipe(transport, upstream, side, first: bytes, client_fd: int, up_fd: int):
+    transport.pause_reading()
+    upstream.pause_reading()
+    # our own blocking duplicates: the event loop's sockets stay non-blocking and idle meanwhile
+    client = socket.socket(fileno=os.dup(client_fd))
+    up = socket.socket(fileno=os.dup(up_fd))
+    client.setblocking(True)
+    up.setblocking(True)
+    try:
+        client.sendall(first)
+        stdin = _in_own_thread(_splice_until_eof, client, up)
+        output = _in_own_thread(_splice_until_eof, up, client)
+        await output
+        try:
+            await asyncio.wait_for(asyncio.shield(stdin), 5)
+        except asyncio.TimeoutError:
+            client.shutdown(socket.SHUT_RDWR)  # wakes the stdin splice so its thread can end
+            await stdin
+    except OSError:
+        pass
+    finally:
+        client.close()
+        up.close()
+        transport.close()
+        upstream.close()
+
+
+def _in_own_thread(fn, *args) -> asyncio.Future:
+    """Run fn in a new thread: a session can last hours, so it must not hold a pool thread."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def run():
+        try:
+            fn(*args)
+        finally:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+    threading.Thread(target=run, name="weavepy-splice", daemon=True).start()
+    return done
+
+
+def _splice_until_eof(src: socket.socket, dst: socket.socket):
+    """Move bytes src -> dst in the kernel until src ends; then half-close dst."""
+    r, w = os.pipe()
+    try:
+        while True:
+            try:
+                n = os.splice(src.fileno(), w, SPLICE_CHUNK, flags=SPLICE_F_MOVE)
+            except OSError:
+                break
+            if n == 0:
+                break
+            while n:
+                n -= os.splice(r, dst.fileno(), n, flags=SPLICE_F_MOVE)
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+    except OSError:
+        pass  # the other side went away
+    finally:
+        os.close(r)
+        os.close(w)

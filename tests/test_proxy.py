@@ -214,3 +214,12 @@ def test_addresses_survive_restarts_of_containers_weavepy_and_dockerd(h):
     h.run(["docker", "restart", "-t", "1", "c1"])
     h.weavepy("launch")
     assert wait_for(lambda: h.ethwe("c1") == c1)
+
+
+def test_reattached_with_the_same_addresses_after_a_dockerd_restart(h):
+    pd(h, "run", "-dt", "--name", "survivor", "--restart=always", "busybox", "sh")
+    before = h.ethwe("survivor")
+    assert before
+    h.restart_dockerd()
+    assert wait_for(lambda: h.ethwe("survivor") == before, timeout=30)
+    assert pd(h, "run", "--rm", "busybox", "ping", "-c1", "survivor").returncode == 0
