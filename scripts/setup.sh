@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-for pair in dockerd:docker.io busybox:busybox-static iptables:iptables ip:iproute2 nsenter:util-linux; do
+for pair in dockerd:docker.io busybox:busybox-static iptables:iptables ip:iproute2 nsenter:util-linux docker-compose:docker-compose; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
 done
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)

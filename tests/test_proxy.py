@@ -223,3 +223,23 @@ def test_reattached_with_the_same_addresses_after_a_dockerd_restart(h):
     h.restart_dockerd()
     assert wait_for(lambda: h.ethwe("survivor") == before, timeout=30)
     assert pd(h, "run", "--rm", "busybox", "ping", "-c1", "survivor").returncode == 0
+
+
+def test_docker_compose_services_reach_each_other_by_name(h):
+    proj = h.dir / "compose"
+    proj.mkdir(exist_ok=True)
+    (proj / "docker-compose.yml").write_text(
+        "version: '2'\n"
+        "services:\n"
+        "  web:\n    image: busybox\n    container_name: web\n    network_mode: bridge\n"
+        "    command: sh -c 'sleep 3600'\n"
+        "  db:\n    image: busybox\n    container_name: db\n    network_mode: bridge\n"
+        "    command: sh -c 'sleep 3600'\n")
+    r = h.run(["docker-compose", "-f", str(proj / "docker-compose.yml"), "-p", "demo", "up", "-d"],
+              check=False, env=PROXY, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert h.ethwe("web") and h.ethwe("db")
+    assert h.ping("web", "db") and h.ping("db", "web.weave.local")
+    r = h.run(["docker-compose", "-f", str(proj / "docker-compose.yml"), "-p", "demo", "down"],
+              check=False, env=PROXY, timeout=180)
+    assert r.returncode == 0, r.stderr
