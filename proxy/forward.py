@@ -250,9 +250,10 @@ async def pipe(transport, upstream: asyncio.Transport, side: _UpstreamSide, firs
     After the head, the bytes never enter Python: each direction is spliced
     kernel-side (socket -> pipe -> socket) by a thread of its own, so a
     500 MB `docker exec cat` costs the proxy almost nothing.  Where splice is
-    missing, the two protocols relay the bytes instead.
+    missing, or the client speaks TLS, the two protocols relay the bytes instead.
     """
-    if hasattr(os, "splice"):
+    # not under TLS: the socket underneath carries ciphertext that only the transport can make
+    if hasattr(os, "splice") and transport.get_extra_info("ssl_object") is None:
         client_sock, up_sock = transport.get_extra_info("socket"), upstream.get_extra_info("socket")
         if client_sock is not None and up_sock is not None:
             await _splice_pipe(transport, upstream, side, first, client_sock.fileno(), up_sock.fileno())

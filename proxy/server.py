@@ -28,6 +28,7 @@ from weavepy.host_network import UserError
 from weavepy.ipam.request import AddressError
 
 from . import create as create_rewrite
+from . import tls_terminator
 from .forward import Upstream, error
 from .hostname import derive
 from .weave_cidr import decide, validate
@@ -41,6 +42,7 @@ EXEC_CREATE = re.compile(V + r"/containers/([^/]+)/exec$")
 INSPECT = re.compile(V + r"/containers/([^/]+)/json$")
 HIJACKED = re.compile(V + r"/(?:containers/[^/]+/attach|exec/[^/]+/start)$")
 SOCKET_PATH = "/run/weavepy/weave.sock"
+INTERNAL_SOCKET_PATH = "/run/weavepy/weave-tls-backend.sock"
 
 
 @dataclass
@@ -94,27 +96,38 @@ class DockerProxy:
         self.match = re.compile(opts.hostname_match)
         self.pending_starts: set[str] = set()  # container IDs whose start request waits for attach
         self.runners: list[web.AppRunner] = []
+        self.servers: list[asyncio.AbstractServer] = []
         self.addresses: list[str] = []
 
     # -- listening ------------------------------------------------------------
     async def start(self):
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # auto_decompress off: a gzip request body (docker build) must reach dockerd still gzipped
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
         await runner.setup()
         self.runners.append(runner)
         unix = [h for h in self.opts.hosts if h.startswith("unix://") or h.startswith("/")]
         tcp = [h for h in self.opts.hosts if h not in unix]
+        tls = self._ssl_context()
+        # TLS is terminated in front of a unix socket (see tls_terminator): the public one,
+        # or an internal one when only TCP was asked for
+        backend = SOCKET_PATH if unix else (INTERNAL_SOCKET_PATH if tls and tcp else None)
+        if backend:
+            os.makedirs(os.path.dirname(backend), exist_ok=True)
+            if os.path.exists(backend):
+                os.unlink(backend)
+            await web.UnixSite(runner, backend).start()
+            os.chmod(backend, 0o600 if backend == INTERNAL_SOCKET_PATH else 0o660)
         for host in tcp:
             addr = host[len("tcp://"):] if host.startswith("tcp://") else host
             h, _, p = addr.rpartition(":")
-            await web.TCPSite(runner, h or "0.0.0.0", int(p), ssl_context=self._ssl_context()).start()
+            if tls:
+                self.servers.append(await tls_terminator.serve(h or "0.0.0.0", int(p), tls, backend))
+            else:
+                await web.TCPSite(runner, h or "0.0.0.0", int(p)).start()
             self.addresses.append(f"tcp://{addr}")
         if unix:
-            os.makedirs(os.path.dirname(SOCKET_PATH), exist_ok=True)
-            if os.path.exists(SOCKET_PATH):
-                os.unlink(SOCKET_PATH)
-            await web.UnixSite(runner, SOCKET_PATH).start()
             self._match_docker_socket_permissions()
             self.addresses.append(f"unix://{SOCKET_PATH}")
 
@@ -137,6 +150,8 @@ class DockerProxy:
             log.warning("cannot copy the Docker socket's permissions: %s", exc)
 
     async def close(self):
+        for server in self.servers:
+            server.close()
         for r in self.runners:
             await r.cleanup()
         await self.upstream.close()

@@ -28,3 +28,19 @@ fi
 # weavewait: the static helper the proxy puts in front of containers' entrypoints (built, not downloaded).
 mkdir -p .venv/lib/weavepy
 gcc -static -Os -o .venv/lib/weavepy/weavewait proxy/weavewait.c
+
+# docker-py 4.4.4's own integration suite, which the tests run through the proxy and directly
+# (it is the last release whose source distribution ships its tests).  Its own venv: it needs
+# the requests/urllib3 of its time.  Set WEAVEPY_SKIP_DOCKERPY=1 to leave it out.
+if [ -z "${WEAVEPY_SKIP_DOCKERPY:-}" ] && [ ! -f .venv-dockerpy/src/docker-4.4.4/tests/integration/conftest.py ]; then
+    rm -rf .venv-dockerpy
+    python3 -m venv .venv-dockerpy
+    .venv-dockerpy/bin/pip install -q 'docker==4.4.4' 'requests<2.29' 'urllib3<2' 'pytest<8' \
+        'websocket-client<1' 'paramiko<3'
+    mkdir -p .venv-dockerpy/src
+    .venv-dockerpy/bin/pip download -q --no-deps --no-binary :all: 'docker==4.4.4' -d .venv-dockerpy/src
+    tar -C .venv-dockerpy/src -xzf .venv-dockerpy/src/docker-4.4.4.tar.gz
+    # Its conftest turns every warning into an error; on Python 3.11 its own distutils use warns.
+    sed -i "s/    warnings.simplefilter('error')/    pass  # weavepy: not what this run checks/" \
+        .venv-dockerpy/src/docker-4.4.4/tests/integration/conftest.py
+fi

@@ -243,3 +243,89 @@ def test_docker_compose_services_reach_each_other_by_name(h):
     r = h.run(["docker-compose", "-f", str(proj / "docker-compose.yml"), "-p", "demo", "down"],
               check=False, env=PROXY, timeout=180)
     assert r.returncode == 0, r.stderr
+
+
+def test_attach_failure_at_start_kills_the_container_and_says_why(h):
+    pd(h, "run", "-dt", "--name", "first", "-e", "WEAVE_CIDR=10.35.1.1/24", "busybox", "sh")
+    before = owned(h)
+    r = pd(h, "run", "-dt", "--name", "second", "-e", "WEAVE_CIDR=10.35.1.1/24", "busybox", "sh", check=False)
+    assert r.returncode != 0 and "10.35.1.1" in r.stderr and "already in use" in r.stderr
+    assert pd(h, "inspect", "-f", "{{.State.Running}}", "second").stdout.strip() == "false"
+    assert owned(h) == before and len(h.veths()) == 1
+    # a bad WEAVE_CIDR that only the image's ENV carries is found at start
+    ctx = h.dir / "badenv"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Dockerfile").write_text("FROM busybox\nENV WEAVE_CIDR=10.2.1.1\nCMD [\"sh\"]\n")
+    h.run(["docker", "build", "-q", "-t", "badenv:1", str(ctx)], env={"DOCKER_BUILDKIT": "0"})
+    r = pd(h, "run", "-dt", "--name", "third", "badenv:1", check=False)
+    assert r.returncode != 0 and "10.2.1.1" in r.stderr
+    assert owned(h) == before
+
+
+def test_hostname_rules_and_inspect_rewrite(h):
+    h.weavepy("stop")
+    h.weavepy("launch", "--hostname-match", "^[^-]+-(?P<app>[^-]*)-[^-]+$", "--hostname-replacement", "${app}",
+              "--rewrite-inspect")
+    pd(h, "run", "-dt", "--name", "proj-db-1", "busybox", "sh")
+    assert pd(h, "exec", "proj-db-1", "hostname").stdout.strip() == "db"
+    assert pd(h, "run", "--rm", "busybox", "ping", "-c1", "db.weave.local").returncode == 0
+    addr = h.ethwe("proj-db-1")[0].split("/")[0]
+    assert pd(h, "inspect", "-f", "{{.NetworkSettings.IPAddress}}", "proj-db-1").stdout.strip() == addr
+    direct = h.docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", "proj-db-1")
+    assert direct.startswith("172.17.")  # only the proxy's answer is rewritten
+
+
+def _tls_files(directory):
+    """A CA, and a server and a client certificate signed by it."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def key():
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def cert(subject_key, name, issuer_key, issuer_name, ca=False, san=None, client=False):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+             .public_key(subject_key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address(san))]),
+                                critical=False)
+        if not ca:
+            usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH if client else x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
+            b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    def write(name, obj):
+        data = obj.public_bytes(serialization.Encoding.PEM) if hasattr(obj, "public_bytes") and not hasattr(obj, "private_bytes") \
+            else obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        (directory / name).write_bytes(data)
+
+    ca_key, srv_key, cli_key = key(), key(), key()
+    write("ca.pem", cert(ca_key, "ca", ca_key, "ca", ca=True))
+    write("server-cert.pem", cert(srv_key, "server", ca_key, "ca", san="127.0.0.1"))
+    write("server-key.pem", srv_key)
+    write("cert.pem", cert(cli_key, "client", ca_key, "ca", client=True))
+    write("key.pem", cli_key)
+
+
+def test_tls_listener_requires_a_client_certificate(h):
+    tls = h.dir / "tls"
+    tls.mkdir(exist_ok=True)
+    _tls_files(tls)
+    h.weavepy("stop")
+    h.weavepy("launch", "-H", "tcp://127.0.0.1:12375", "--tlsverify", "--tlscacert", str(tls / "ca.pem"),
+              "--tlscert", str(tls / "server-cert.pem"), "--tlskey", str(tls / "server-key.pem"))
+    assert h.weavepy("env").stdout.startswith("export DOCKER_HOST=tcp://127.0.0.1:12375 ")
+    ok = h.run(["docker", "--tlsverify", "--tlscacert", str(tls / "ca.pem"), "--tlscert", str(tls / "cert.pem"),
+                "--tlskey", str(tls / "key.pem"), "-H", "tcp://127.0.0.1:12375", "run", "--rm", "busybox",
+                "ip", "-4", "-o", "addr", "show", "ethwe"], check=False)
+    assert ok.returncode == 0 and "inet 10.32." in ok.stdout, ok.stderr
+    anonymous = h.run(["docker", "--tls", "--tlscacert", str(tls / "ca.pem"), "-H", "tcp://127.0.0.1:12375",
+                       "ps"], check=False)
+    assert anonymous.returncode != 0
