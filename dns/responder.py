@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from dnslib import A, DNSError, DNSHeader, DNSRecord, PTR, QTYPE, RCODE, RR
 
-from .records import Records, fqdn
+from .records import Records
 
 UDP_LIMIT = 512
 FAST_CACHE_MAX = 10000  # distinct query forms remembered between record changes

@@ -27,7 +27,7 @@ def _setns(fd: int):
 @contextlib.contextmanager
 def entered(pid: int):
     """Run the body of the with-block in the network namespace of process `pid` (blocking; use in a thread)."""
-    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         try:
             target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)

@@ -7,13 +7,14 @@ chunk as it comes, so `docker events`, `logs -f` and `wait` behave as direct.
 
 attach and exec-start take over the connection (101 UPGRADED, or the older
 200 raw-stream form).  aiohttp's server cannot hand over a socket, so the
-client's transport is taken from it and bytes are piped both ways to a raw
-upstream socket, each direction half-closed on its own: stdin EOF must reach
-the container while its output keeps flowing.
+client's transport is taken from it and, after the head, the bytes are spliced
+both ways to a raw upstream socket in the kernel, each direction half-closed on
+its own: stdin EOF must reach the container while its output keeps flowing.
 """
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -31,7 +32,6 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 SPLICE_CHUNK = 1 << 20
 SPLICE_F_MOVE = getattr(os, "SPLICE_F_MOVE", 1)
 STREAM_TYPES = ("application/vnd.docker.raw-stream", "application/vnd.docker.multiplexed-stream")
-
 
 
 def error(status: int, message: str) -> web.Response:
@@ -319,6 +319,11 @@ def _in_own_thread(fn, *args) -> asyncio.Future:
 def _splice_until_eof(src: socket.socket, dst: socket.socket):
     """Move bytes src -> dst in the kernel until src ends; then half-close dst."""
     r, w = os.pipe()
+    try:
+        # a splice moves at most a pipe's capacity: 64 KiB by default, 1 MiB asked for here
+        fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), SPLICE_CHUNK)
+    except OSError:
+        pass  # above /proc/sys/fs/pipe-max-size: the default still works
     try:
         while True:
             try:

@@ -3,7 +3,7 @@ import json
 import socket
 import sys
 
-from dnslib import DNSRecord, EDNS0, QTYPE, RCODE
+from dnslib import DNSRecord, RCODE
 
 server, name, qtype, transport = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 host, _, port = server.rpartition(":")

@@ -1,5 +1,4 @@
 """A stub upstream DNS server for tests (run inside a test namespace): *.example.com -> 192.0.2.10."""
-import socket
 import socketserver
 import struct
 import sys

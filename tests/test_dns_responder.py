@@ -1,4 +1,4 @@
-from dnslib import DNSRecord, EDNS0, QTYPE, RCODE
+from dnslib import DNSRecord, EDNS0, RCODE
 from hypothesis import given, settings, strategies as st
 
 from weavepy.dns.records import Records

@@ -7,7 +7,6 @@ left as they are).  Every test must end the same way on both.  A test whose outc
 is run once more on both sides before it counts: docker-py has known races of its own (an
 attach that loses bytes read together with the 101) that flake against dockerd too.
 """
-import os
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path

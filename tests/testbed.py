@@ -135,7 +135,7 @@ class Host:
         self.mnt_file.touch()
         self.uts_file.touch()
         mounts = " && ".join([
-            f"mount -t tmpfs -o mode=755 tmpfs /run",
+            "mount -t tmpfs -o mode=755 tmpfs /run",
             f"mount --bind {self.dir}/docker /var/lib/docker",
             f"mkdir -p /var/lib/weavepy && mount --bind {self.dir}/weavepy /var/lib/weavepy",
             f"mount --bind {self.dir}/machine-id /etc/machine-id",

@@ -21,7 +21,7 @@ def build_app(daemon) -> web.Application:
         try:
             data = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise web.HTTPBadRequest(text="request body must be JSON\n")
+            raise web.HTTPBadRequest(text="request body must be JSON\n") from None
         if not isinstance(data, dict):
             raise web.HTTPBadRequest(text="request body must be a JSON object\n")
         return data

@@ -9,13 +9,14 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 
 from aiohttp import web
 
 from weavepy import config as cfg
-from weavepy.launch_config import ConfigError, LaunchConfig
+from weavepy.launch_config import LaunchConfig
 from weavepy import statefile
 from weavepy.api import build_app
 from weavepy.proxy.server import SOCKET_PATH, DockerProxy, ProxyOptions, find_weavewait, install_weavewait
@@ -91,7 +92,7 @@ class Daemon:
             await self.dns_server.start()
         except OSError as exc:
             raise SystemExit(f"weavepy: cannot serve DNS on {host}:{port}: {exc.strerror}; "
-                             f"use --dns-listen-address or --no-dns")
+                             f"use --dns-listen-address or --no-dns") from None
 
     async def start_proxy(self):
         c = self.config
@@ -108,13 +109,13 @@ class Daemon:
             hostname_match=c.hostname_match, hostname_replacement=c.hostname_replacement,
             rewrite_inspect=c.rewrite_inspect, tls=c.tls, tlsverify=c.tlsverify, tlscacert=c.tlscacert,
             tlscert=c.tlscert, tlskey=c.tlskey)
-        self.proxy = DockerProxy(opts, self.docker, self.network, self.allocator.default_subnet,
-                                 self.dns_address[0] if self.dns_address else None, c.dns_domain, wait_dir,
-                                 c.docker_host)
         try:
+            self.proxy = DockerProxy(opts, self.docker, self.network, self.allocator.default_subnet,
+                                     self.dns_address[0] if self.dns_address else None, c.dns_domain, wait_dir,
+                                     c.docker_host)
             await self.proxy.start()
-        except OSError as exc:
-            raise SystemExit(f"weavepy: cannot start the Docker API proxy: {exc}")
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            raise SystemExit(f"weavepy: cannot start the Docker API proxy: {exc}") from None
 
     def report(self) -> dict:
         report = status.build_report(self.config, self.peer, self.allocator, self.started,
@@ -169,7 +170,7 @@ class Daemon:
         try:
             await web.TCPSite(runner, host, int(port)).start()
         except OSError as exc:
-            raise SystemExit(f"weavepy: cannot listen on {self.config.http_addr}: {exc.strerror}")
+            raise SystemExit(f"weavepy: cannot listen on {self.config.http_addr}: {exc.strerror}") from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

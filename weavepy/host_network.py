@@ -14,7 +14,7 @@ import os
 import time
 
 from weavepy.ipam.allocator import AllocationError, Allocator
-from weavepy.ipam.request import AddressError, AllocateIn, Claim, parse_requests
+from weavepy.ipam.request import AddressError, AllocateIn, parse_requests
 from weavepy.net import bridge, iptables, veth
 from weavepy.net.arp import send_gratuitous_arp
 from weavepy import hosts_file, statefile
