@@ -15,6 +15,7 @@ from testbed import Testbed  # noqa: E402
 RUNS = int(os.environ.get("BENCH_RUNS", "20"))
 CALLS = int(os.environ.get("BENCH_CALLS", "500"))
 STREAM_MB = int(os.environ.get("BENCH_STREAM_MB", "500"))
+STREAM_ROUNDS = int(os.environ.get("BENCH_STREAM_ROUNDS", "5"))
 PROXY = {"DOCKER_HOST": "unix:///run/weavepy/weave.sock"}
 DIRECT = {"DOCKER_HOST": "unix:///run/docker.sock"}
 
@@ -63,7 +64,7 @@ def main():
         h.run(["docker", "exec", "streamer", "dd", "if=/dev/zero", "of=/tmp/z", "bs=1M", f"count={STREAM_MB}"],
               env=DIRECT)
         streams = {"proxy": [], "direct": []}
-        for i in range(3):
+        for i in range(STREAM_ROUNDS):
             for name, env in ((("proxy", PROXY), ("direct", DIRECT)) if i % 2 else (("direct", DIRECT), ("proxy", PROXY))):
                 t = timed(h, ["sh", "-c", "docker exec streamer cat /tmp/z > /dev/null"], env)
                 streams[name].append(STREAM_MB / t)

@@ -19,7 +19,6 @@ import shutil
 import signal
 import ssl
 import stat
-from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -45,24 +44,6 @@ SOCKET_PATH = "/run/weavepy/weave.sock"
 INTERNAL_SOCKET_PATH = "/run/weavepy/weave-tls-backend.sock"
 
 
-@dataclass
-class ProxyOptions:
-    hosts: list[str] = field(default_factory=lambda: [f"unix://{SOCKET_PATH}"])
-    default_ipalloc: bool = True
-    rewrite_hosts: bool = True
-    without_dns: bool = False
-    multicast_route: bool = True
-    hostname_from_label: str | None = None
-    hostname_match: str = "(.*)"
-    hostname_replacement: str = "$1"
-    rewrite_inspect: bool = False
-    tls: bool = False
-    tlsverify: bool = False
-    tlscacert: str | None = None
-    tlscert: str | None = None
-    tlskey: str | None = None
-
-
 def install_weavewait(source: str, wait_dir: str) -> None:
     """Copy the static weavewait to where containers get it mounted read-only (as /w/w)."""
     os.makedirs(wait_dir, exist_ok=True)
@@ -83,17 +64,18 @@ def find_weavewait() -> str | None:
 
 
 class DockerProxy:
-    def __init__(self, opts: ProxyOptions, docker, network, default_subnet, dns_address: str | None,
-                 dns_domain: str, wait_dir: str, docker_host: str):
-        self.opts = opts
+    def __init__(self, config, docker, network, dns_address: str | None, wait_dir: str):
+        """config: the LaunchConfig (its proxy_*, hostname_*, tls* and related flags)."""
+        self.opts = config
+        self.hosts = config.proxy_hosts or [f"unix://{SOCKET_PATH}"]
         self.docker = docker
         self.network = network
-        self.default_subnet = default_subnet
-        self.dns_address = None if opts.without_dns else dns_address
-        self.dns_domain = dns_domain
+        self.default_subnet = network.allocator.default_subnet
+        self.dns_address = None if config.proxy_without_dns else dns_address
+        self.dns_domain = config.dns_domain
         self.wait_dir = wait_dir
-        self.upstream = Upstream(docker_host)
-        self.match = re.compile(opts.hostname_match)
+        self.upstream = Upstream(config.docker_host)
+        self.match = re.compile(config.hostname_match)
         self.pending_starts: set[str] = set()  # container IDs whose start request waits for attach
         self.runners: list[web.AppRunner] = []
         self.servers: list[asyncio.AbstractServer] = []
@@ -107,8 +89,8 @@ class DockerProxy:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
         await runner.setup()
         self.runners.append(runner)
-        unix = [h for h in self.opts.hosts if h.startswith("unix://") or h.startswith("/")]
-        tcp = [h for h in self.opts.hosts if h not in unix]
+        unix = [h for h in self.hosts if h.startswith("unix://") or h.startswith("/")]
+        tcp = [h for h in self.hosts if h not in unix]
         tls = self._ssl_context()
         # TLS is terminated in front of a unix socket (see tls_terminator): the public one,
         # or an internal one when only TCP was asked for

@@ -19,7 +19,7 @@ from weavepy import config as cfg
 from weavepy.launch_config import LaunchConfig
 from weavepy import statefile
 from weavepy.api import build_app
-from weavepy.proxy.server import SOCKET_PATH, DockerProxy, ProxyOptions, find_weavewait, install_weavewait
+from weavepy.proxy.server import DockerProxy, find_weavewait, install_weavewait
 from weavepy.dns.records import Records
 from weavepy.dns.responder import Responder
 from weavepy.dns.server import DNSServer
@@ -102,17 +102,9 @@ class Daemon:
                              "launch with --no-proxy to run without the Docker API proxy")
         wait_dir = cfg.state_path("w")
         install_weavewait(source, wait_dir)
-        opts = ProxyOptions(
-            hosts=c.proxy_hosts or [f"unix://{SOCKET_PATH}"], default_ipalloc=c.default_ipalloc,
-            rewrite_hosts=c.rewrite_hosts, without_dns=c.proxy_without_dns or not c.dns,
-            multicast_route=c.multicast_route, hostname_from_label=c.hostname_from_label,
-            hostname_match=c.hostname_match, hostname_replacement=c.hostname_replacement,
-            rewrite_inspect=c.rewrite_inspect, tls=c.tls, tlsverify=c.tlsverify, tlscacert=c.tlscacert,
-            tlscert=c.tlscert, tlskey=c.tlskey)
         try:
-            self.proxy = DockerProxy(opts, self.docker, self.network, self.allocator.default_subnet,
-                                     self.dns_address[0] if self.dns_address else None, c.dns_domain, wait_dir,
-                                     c.docker_host)
+            self.proxy = DockerProxy(c, self.docker, self.network,
+                                     self.dns_address[0] if self.dns_address else None, wait_dir)
             await self.proxy.start()
         except (OSError, ValueError, ssl.SSLError) as exc:
             raise SystemExit(f"weavepy: cannot start the Docker API proxy: {exc}") from None

@@ -50,21 +50,19 @@ class DockerClient:
         except aiohttp.ClientError as exc:
             raise DockerError(f"cannot reach the Docker daemon at {self.docker_host}: {exc}", 503) from None
 
-    async def inspect(self, name: str) -> dict:
-        status, body = await self._get(f"/containers/{quote(name, safe='')}/json")
+    async def _inspect(self, path: str, name: str, missing) -> dict:
+        status, body = await self._get(path)
         if status == 404:
-            raise NoSuchContainer(name)
+            raise missing(name)
         if status != 200:
             raise DockerError(f"inspecting {name}: {body.decode(errors='replace').strip()}", status)
         return json.loads(body)
 
+    async def inspect(self, name: str) -> dict:
+        return await self._inspect(f"/containers/{quote(name, safe='')}/json", name, NoSuchContainer)
+
     async def image(self, name: str) -> dict:
-        status, body = await self._get(f"/images/{quote(name, safe='')}/json")
-        if status == 404:
-            raise NoSuchImage(name)
-        if status != 200:
-            raise DockerError(f"inspecting image {name}: {body.decode(errors='replace').strip()}", status)
-        return json.loads(body)
+        return await self._inspect(f"/images/{quote(name, safe='')}/json", name, NoSuchImage)
 
     async def kill(self, cid: str) -> None:
         try:
