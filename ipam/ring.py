@@ -53,6 +53,11 @@ class Ring:
         self._subdivide(lo, mid, peers[:half])
         self._subdivide(mid + share % 2, hi, peers[half:])
 
+    def spans(self):
+        """(entry, start, end) for every entry, in token order."""
+        for i, e in enumerate(self.entries):
+            yield (e, *self._span(i))
+
     def _span(self, i: int) -> tuple[int, int]:
         lo = self.entries[i].token
         hi = self.entries[i + 1].token if i + 1 < len(self.entries) else self.end

@@ -19,6 +19,7 @@ import shutil
 import signal
 import ssl
 import stat
+import sys
 
 from aiohttp import web
 
@@ -55,7 +56,6 @@ def install_weavewait(source: str, wait_dir: str) -> None:
 
 
 def find_weavewait() -> str | None:
-    import sys
     for path in (os.environ.get("WEAVEPY_WEAVEWAIT"), os.path.join(sys.prefix, "lib", "weavepy", "weavewait"),
                  "/usr/local/lib/weavepy/weavewait"):
         if path and os.access(path, os.X_OK):
@@ -252,9 +252,9 @@ class DockerProxy:
             except (DockerError, ProcessLookupError, KeyError):
                 pass
 
-    async def attach_running(self):
+    async def attach_running(self, running: set[str]):
         """After (re)connecting to dockerd: attach proxied containers that started while we were away."""
-        for cid in await self.docker.running_ids():
+        for cid in running:
             if cid not in self.pending_starts and not self.network.allocator.addresses(cid):
                 await self.container_started(cid)
 

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Install what weavepy, its tests and its demo need on a Debian 12 machine (as root),
-# and weavepy itself into .venv. Safe to run again.
+# Install what weavepy and its demo need on a Debian 12 machine (as root), and weavepy
+# itself into .venv; with --tests, also what only the tests use. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tests=""
+[ "${1:-}" = "--tests" ] && tests=1
 
 need_pkgs=()
-for pair in dockerd:docker.io busybox:busybox-static iptables:iptables ip:iproute2 nsenter:util-linux docker-compose:docker-compose; do
+for pair in dockerd:docker.io busybox:busybox-static iptables:iptables ip:iproute2 nsenter:util-linux; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
 done
+if [ -n "$tests" ]; then
+    command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
+fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
 [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/aarch64-linux-gnu/libc.a ] || need_pkgs+=(libc6-dev)
@@ -31,8 +36,8 @@ gcc -static -Os -o .venv/lib/weavepy/weavewait proxy/weavewait.c
 
 # docker-py 4.4.4's own integration suite, which the tests run through the proxy and directly
 # (it is the last release whose source distribution ships its tests).  Its own venv: it needs
-# the requests/urllib3 of its time.  Set WEAVEPY_SKIP_DOCKERPY=1 to leave it out.
-if [ -z "${WEAVEPY_SKIP_DOCKERPY:-}" ] && [ ! -f .venv-dockerpy/src/docker-4.4.4/tests/integration/conftest.py ]; then
+# the requests/urllib3 of its time.
+if [ -n "$tests" ] && [ ! -f .venv-dockerpy/src/docker-4.4.4/tests/integration/conftest.py ]; then
     rm -rf .venv-dockerpy
     python3 -m venv .venv-dockerpy
     .venv-dockerpy/bin/pip install -q 'docker==4.4.4' 'requests<2.29' 'urllib3<2' 'pytest<8' \

@@ -1,6 +1,6 @@
 """Transparency: docker-py's own integration suite gives the same results through the proxy as direct.
 
-The suite (docker-py 4.4.4, set up by scripts/setup.sh in .venv-dockerpy) runs twice at
+The suite (docker-py 4.4.4, set up by `scripts/setup.sh --tests` in .venv-dockerpy) runs twice at
 once: against h1's dockerd directly and through h2's proxy (launched with
 --no-default-ipalloc, as Weave's own transparency test did, so the suite's containers are
 left as they are).  Every test must end the same way on both.  A test whose outcome differs
@@ -60,7 +60,7 @@ def run_both(h1, h2, name: str, targets: list[str]) -> tuple[dict, dict]:
 
 
 def test_docker_py_suite_passes_through_the_proxy_as_directly(hosts):
-    assert (SRC / "tests" / "integration").is_dir(), "run scripts/setup.sh: it installs docker-py's suite"
+    assert (SRC / "tests" / "integration").is_dir(), "run scripts/setup.sh --tests: it installs docker-py's suite"
     h1, h2 = hosts
     for host in (h1, h2):
         host.remove_all_containers()

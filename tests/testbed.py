@@ -303,9 +303,6 @@ class Testbed:
         proc.wait(5)
         self.stubs.remove(proc)
 
-    def in_lan(self, cmd: str, check=True):
-        return sh(["ip", "netns", "exec", self.lan_netns, "sh", "-c", cmd], check=check)
-
     def teardown(self):
         for proc in self.stubs:
             proc.kill()

@@ -11,7 +11,6 @@ import os
 import signal
 import ssl
 import sys
-import time
 
 from aiohttp import web
 
@@ -36,7 +35,6 @@ log = logging.getLogger("weavepy")
 TICK_SECONDS = 5.0
 IPAM_FILE = "ipam.json"
 RECORDS_FILE = "containers.json"
-PEER_FILE = "peer.json"
 
 
 def dns_listen_address(config: LaunchConfig) -> tuple[str, int]:
@@ -64,12 +62,10 @@ def choose_peer_name(config: LaunchConfig) -> str:
 class Daemon:
     def __init__(self, config: LaunchConfig):
         self.config = config
-        self.started = time.time()
         os.makedirs(cfg.STATE_DIR, exist_ok=True)
         self.peer = choose_peer_name(config)
         bridge.ensure_bridge(self.peer, config.mtu)
         iptables.setup(bridge.BRIDGE)
-        statefile.write_json(cfg.state_path(PEER_FILE), {"name": self.peer, "nickname": config.effective_nickname})
         self.allocator = Allocator(self.peer, config.universe, config.default_subnet, config.effective_nickname)
         saved = statefile.read_json(cfg.state_path(IPAM_FILE))
         if saved:
@@ -110,20 +106,18 @@ class Daemon:
             raise SystemExit(f"weavepy: cannot start the Docker API proxy: {exc}") from None
 
     def report(self) -> dict:
-        report = status.build_report(self.config, self.peer, self.allocator, self.started,
-                                     self.dns_records, self.dns_address,
-                                     self.dns_server.upstream.current() if self.dns_server else [])
-        report["Proxy"] = {"Addresses": list(self.proxy.addresses)} if self.proxy else None
-        return report
+        return status.build_report(self.config, self.peer, self.allocator, self.dns_records, self.dns_address,
+                                   self.dns_server.upstream.current() if self.dns_server else [],
+                                   self.proxy.addresses if self.proxy else None)
 
     async def watch_docker(self):
         """Follow container events; after any break, catch up with what was missed."""
         backoff = 0.2
         while True:
             try:
-                await self.network.reconcile()
+                running = await self.network.reconcile()
                 if self.proxy:
-                    await self.proxy.attach_running()
+                    await self.proxy.attach_running(running)
                 backoff = 0.2
                 async for event in self.docker.events():
                     try:

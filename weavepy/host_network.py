@@ -321,8 +321,10 @@ class HostNetwork:
             return chosen
 
     # -- keeping up with Docker --------------------------------------------
-    async def reconcile(self):
-        """Bring state in line with what runs now: after our start and after the event stream broke."""
+    async def reconcile(self) -> set[str]:
+        """Bring state in line with what runs now: after our start and after the event stream broke.
+
+        Returns the IDs of the running containers."""
         running = await self.docker.running_ids()
         async with self.lock:
             pruned = self.allocator.prune(running)
@@ -330,7 +332,8 @@ class HostNetwork:
                 self.records.pop(ident, None)
                 log.info("container %s went while we were away; freed %s", ident[:12],
                          " ".join(map(str, pruned[ident])))
-            self.persist()
+            if pruned:
+                self.persist()
             exposed = self.allocator.addresses(EXPOSE_IDENT)
             if exposed:
                 masq = self.records.get(EXPOSE_IDENT, {}).get("masquerade", {})
@@ -339,6 +342,7 @@ class HostNetwork:
         for cid in running:
             if self.allocator.addresses(cid):
                 await self._reattach(cid)
+        return running
 
     async def _reattach(self, cid: str):
         """Give a (re)started container back its addresses, as it was attached before."""

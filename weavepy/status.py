@@ -6,14 +6,13 @@ from weavepy import __version__
 PROTOCOL_MIN, PROTOCOL_MAX = 1, 2
 
 
-def build_report(config, peer: str, allocator, started: float, dns=None, dns_address=None,
-                 upstream=()) -> dict:
+def build_report(config, peer: str, allocator, dns=None, dns_address=None, upstream=(),
+                 proxy_addresses=None) -> dict:
     nick = config.effective_nickname
     ring = allocator.ring
     sizes = ring.peer_sizes()
     entries = []
-    for i, e in enumerate(ring.entries):
-        lo, hi = ring._span(i)
+    for e, lo, hi in ring.spans():
         entries.append({"Token": _ip(lo), "Size": hi - lo, "Peer": e.peer, "Nickname": nick if e.peer == peer else "",
                         "IsKnownPeer": e.peer == peer, "Version": e.version})
     return {
@@ -44,6 +43,7 @@ def build_report(config, peer: str, allocator, started: float, dns=None, dns_add
             "PendingClaims": [],
             "PendingAllocates": [],
         },
+        "Proxy": None if proxy_addresses is None else {"Addresses": list(proxy_addresses)},
         "DNS": None if dns is None else {
             "Domain": dns.domain,
             "Upstream": list(upstream),
