@@ -1,9 +1,14 @@
 """Forwarding Docker API requests unchanged: streamed bodies, streamed responses, hijacked streams.
 
-Ordinary requests go through an aiohttp client (a pooled connection to
-dockerd): method, raw path and query, headers and body as received, nothing
-added; the response's headers are sent as soon as they arrive and each body
-chunk as it comes, so `docker events`, `logs -f` and `wait` behave as direct.
+Ordinary requests go to dockerd with method, raw path and query, headers and
+body as received, nothing added; the response's headers are sent as soon as
+they arrive and each body chunk as it comes, so `docker events`, `logs -f`
+and `wait` behave as direct.  Requests with a body (create, build contexts,
+cp archives) go through an aiohttp ClientSession, which streams them.  The
+many small body-less calls (ps, inspect, _ping, logs, events, wait) skip
+ClientSession's per-request machinery, about half of the proxy's time on such
+a call: they are written to a pooled dockerd connection driven by aiohttp's
+own client protocol, whose C parser reads the response.
 
 attach and exec-start take over the connection (101 UPGRADED, or the older
 200 raw-stream form).  aiohttp's server cannot hand over a socket, so the
@@ -23,6 +28,7 @@ import threading
 
 import aiohttp
 from aiohttp import web
+from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 log = logging.getLogger("weavepy.proxy")
@@ -32,6 +38,8 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 SPLICE_CHUNK = 1 << 20
 SPLICE_F_MOVE = getattr(os, "SPLICE_F_MOVE", 1)
 STREAM_TYPES = ("application/vnd.docker.raw-stream", "application/vnd.docker.multiplexed-stream")
+HOP_BY_HOP_RAW = {h.encode() for h in HOP_BY_HOP}
+IDLE_CONNECTIONS = 16  # kept open to dockerd for body-less requests
 
 
 def error(status: int, message: str) -> web.Response:
@@ -52,8 +60,12 @@ class Upstream:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=self.path, limit=0),
             auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
+        self.idle: list[ResponseHandler] = []
 
     async def close(self):
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
         await self.session.close()
 
     def unreachable(self, exc: Exception) -> web.Response:
@@ -75,26 +87,51 @@ class Upstream:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
 
     async def forward(self, request: web.Request, body: bytes | None = None) -> web.StreamResponse:
+        if body is None and not request.body_exists:
+            return await self._forward_bodyless(request)
         try:
             async with self._request(request, body) as resp:
-                out = web.StreamResponse(status=resp.status, reason=resp.reason)
-                for k, v in resp.headers.items():
-                    if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
-                        out.headers.add(k, v)
-                length = resp.headers.get("Content-Length")
-                if length is not None and "Transfer-Encoding" not in resp.headers:
-                    out.content_length = int(length)
-                await out.prepare(request)  # headers now: the CLI waits on them for /wait and /events
-                if request.method != "HEAD":
-                    try:
-                        async for chunk in resp.content.iter_any():
-                            await out.write(chunk)
-                    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-                        return out  # the client went away; leaving the block closes upstream too
-                await out.write_eof()
-                return out
+                return await _relay_response(request, resp.status, resp.reason, resp.headers, resp.content)
         except aiohttp.ClientConnectorError as exc:
             return self.unreachable(exc)
+
+    async def _forward_bodyless(self, request: web.Request) -> web.StreamResponse:
+        head = _request_head(request)
+        for attempt in (1, 2):
+            try:
+                conn, reused = await self._connection()
+            except OSError as exc:
+                return self.unreachable(exc)
+            conn.set_response_params(skip_payload=request.method == "HEAD", auto_decompress=False)
+            conn.transport.write(head)
+            try:
+                message, payload = await conn.read()
+                break
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                conn.close()
+                # dockerd may close an idle connection just as it is reused: once more on a fresh one
+                if not reused or attempt == 2:
+                    return error(500, f"Docker closed the connection: {exc}")
+        done = False
+        try:
+            out = await _relay_response(request, message.code, message.reason, message.headers, payload)
+            done = True
+            return out
+        finally:
+            if done and not conn.should_close and len(self.idle) < IDLE_CONNECTIONS:
+                self.idle.append(conn)
+            else:
+                conn.close()  # cut short (the client left, or an error): never reuse it
+
+    async def _connection(self) -> tuple[ResponseHandler, bool]:
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.is_connected() and not conn.should_close:
+                return conn, True
+            conn.close()
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_unix_connection(lambda: ResponseHandler(loop), self.path)
+        return conn, False
 
     async def call(self, request: web.Request, body: bytes | None = None) -> tuple[int, dict, bytes]:
         """Forward and read the whole (small) response, for the calls the proxy must look at."""
@@ -138,6 +175,41 @@ class Upstream:
             return out
         await pipe(request.transport, upstream, side, resp_head + rest)
         raise asyncio.CancelledError()  # the connection is no longer aiohttp's: it must write nothing
+
+
+def _request_head(request: web.Request) -> bytes:
+    """The client's request line and headers as received, less hop-by-hop ones."""
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode(), request.raw_path.encode())]
+    lines += [k + b": " + v for k, v in request.raw_headers if k.lower() not in HOP_BY_HOP_RAW]
+    if "Host" not in request.headers:
+        lines.append(b"Host: docker")  # an HTTP/1.0 client may omit it; dockerd needs one
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def _relay_response(request: web.Request, status: int, reason: str, headers, content) -> web.StreamResponse:
+    """Send dockerd's response on: headers at once, then each chunk as it arrives."""
+    kept = [(k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"]
+    length = headers.get("Content-Length")
+    if length is not None and "Transfer-Encoding" in headers:
+        length = None
+    if length is not None and request.method != "HEAD" and content.is_eof():
+        # all of it is here already (most small calls): headers and body in one write
+        out = web.Response(status=status, reason=reason, body=await content.read())
+        out.headers.extend(kept)
+        return out
+    out = web.StreamResponse(status=status, reason=reason)
+    out.headers.extend(kept)
+    if length is not None:
+        out.content_length = int(length)
+    await out.prepare(request)  # headers now: the CLI waits on them for /wait and /events
+    if request.method != "HEAD":
+        try:
+            async for chunk in content.iter_any():
+                await out.write(chunk)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            return out  # the client went away; the unread rest keeps upstream from being reused
+    await out.write_eof()
+    return out
 
 
 def _parse_head(head: bytes) -> tuple[int, dict]:

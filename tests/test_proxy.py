@@ -5,6 +5,7 @@ import os
 import pty
 import select
 import subprocess
+import sys
 import time
 
 import pytest
@@ -220,9 +221,63 @@ def test_reattached_with_the_same_addresses_after_a_dockerd_restart(h):
     pd(h, "run", "-dt", "--name", "survivor", "--restart=always", "busybox", "sh")
     before = h.ethwe("survivor")
     assert before
-    h.restart_dockerd()
+    h.stop_dockerd()
+    try:
+        down = pd(h, "ps", check=False)
+        assert down.returncode != 0 and "Cannot connect to the Docker daemon" in down.stderr, down.stderr
+    finally:
+        h.start_dockerd()
+        h.wait_dockerd()
+    assert pd(h, "ps").returncode == 0  # the proxy's connections to the old dockerd are not reused
     assert wait_for(lambda: h.ethwe("survivor") == before, timeout=30)
     assert pd(h, "run", "--rm", "busybox", "ping", "-c1", "survivor").returncode == 0
+
+
+RAW_EXCHANGE = r"""
+import json, socket, sys
+out = []
+for request in json.loads(sys.argv[2]):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.sendall(request.encode())
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    out.append(data.decode("latin-1"))
+print(json.dumps(out))
+"""
+
+
+def raw_exchange(h, sock: str, requests: list[str]) -> list[tuple[str, list[str], str]]:
+    """Each request on a connection of its own, read to the end: (status line, headers less Date, body)."""
+    out = json.loads(h.run([sys.executable, "-c", RAW_EXCHANGE, sock, json.dumps(requests)]).stdout)
+    answers = []
+    for data in out:
+        head, _, body = data.partition("\r\n\r\n")
+        status, *headers = head.split("\r\n")
+        answers.append((status, sorted(x for x in headers if not x.lower().startswith("date:")), body))
+    return answers
+
+
+def test_plain_requests_are_answered_as_dockerd_answers_them(h):
+    pd(h, "run", "-dt", "--name", "listed", "busybox", "sh")
+    requests = [
+        "GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n",
+        "HEAD /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n",
+        "GET /v1.41/containers/json?filters=%7B%22name%22%3A%5B%22listed%22%5D%7D HTTP/1.1\r\n"
+        "Host: docker\r\nConnection: close\r\n\r\n",
+        "GET /v1.41/containers/json HTTP/1.0\r\n\r\n",  # HTTP/1.0, no Host
+        "GET /v1.41/containers/no-such-thing/json HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n",
+        "DELETE /v1.41/images/no-such-image HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n",
+    ]
+    direct = raw_exchange(h, "/run/docker.sock", requests)
+    proxied = raw_exchange(h, "/run/weavepy/weave.sock", requests)
+    assert [a[0] for a in direct] == ["HTTP/1.1 200 OK", "HTTP/1.1 200 OK", "HTTP/1.1 200 OK", "HTTP/1.0 200 OK",
+                                      "HTTP/1.1 404 Not Found", "HTTP/1.1 404 Not Found"]
+    assert '"listed"' not in direct[2][2] and "/listed" in direct[2][2]
+    for request, want, got in zip(requests, direct, proxied):
+        assert got == want, request
 
 
 def test_docker_compose_services_reach_each_other_by_name(h):

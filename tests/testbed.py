@@ -166,10 +166,13 @@ class Host:
             time.sleep(0.2)
         raise RuntimeError(f"dockerd on {self.name} not ready: {(self.dir / 'dockerd.log').read_text()[-2000:]}")
 
-    def restart_dockerd(self):
-        """Stop this host's dockerd (the one we started) and start it again."""
+    def stop_dockerd(self):
+        """Stop this host's dockerd (the one we started)."""
         self.dockerd.send_signal(signal.SIGTERM)
         self.dockerd.wait(60)
+
+    def restart_dockerd(self):
+        self.stop_dockerd()
         self.start_dockerd()
         self.wait_dockerd()
 
