@@ -151,6 +151,31 @@ def test_interactive_and_streaming_commands(h):
     assert stats.strip() == "ticker"
 
 
+def wakeups(h) -> int:
+    """How many times the weavepy daemon's threads have gone to sleep and woken since they began."""
+    pid = h.daemon_pid()
+    out = h.run(f"cat /proc/{pid}/task/*/status").stdout
+    return sum(int(line.split()[1]) for line in out.splitlines() if line.startswith("voluntary_ctxt_switches"))
+
+
+def test_a_quiet_session_keeps_the_daemon_asleep_and_output_keeps_its_order(h):
+    pd(h, "run", "-dt", "--name", "quiet", "busybox", "sh")
+    session = subprocess.Popen(h.nsenter_prefix() + ["docker", "exec", "-i", "quiet", "sh", "-c",
+                                                     "echo ready; sleep 3; seq 1 100000; echo done"],
+                               stdout=subprocess.PIPE, text=True, env=h.env(PROXY))
+    try:
+        assert session.stdout.readline() == "ready\n"
+        before = wakeups(h)
+        time.sleep(2)
+        # output batching must not turn into polling: an idle session wakes nothing
+        assert wakeups(h) - before < 50
+        rest = session.stdout.read()
+    finally:
+        session.kill()
+        session.wait()
+    assert rest == "".join(f"{i}\n" for i in range(1, 100001)) + "done\n"
+
+
 def test_cp_100mb_both_ways(h):
     src = h.dir / "big.bin"
     with open(src, "wb") as f:
