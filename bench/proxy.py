@@ -31,20 +31,12 @@ DIRECT = {"DOCKER_HOST": f"unix://{DIRECT_SOCK}"}
 RAW_LOOP = r"""
 import socket, statistics, sys, time
 def get(s):
-    s.sendall(b"GET /v1.41/containers/json HTTP/1.1
-Host: docker
-
-")
+    s.sendall(b"GET /v1.41/containers/json HTTP/1.1\r\nHost: docker\r\n\r\n")
     buf = b""
-    while b"
-
-" not in buf:
+    while b"\r\n\r\n" not in buf:
         buf += s.recv(65536)
-    head, _, body = buf.partition(b"
-
-")
-    length = int([l for l in head.split(b"
-") if l.lower().startswith(b"content-length")][0].split(b":")[1])
+    head, _, body = buf.partition(b"\r\n\r\n")
+    length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
     while len(body) < length:
         body += s.recv(65536)
 n, paths = int(sys.argv[1]), sys.argv[2:]

@@ -48,6 +48,7 @@ SPLICE_F_MOVE = getattr(os, "SPLICE_F_MOVE", 1)
 STREAM_TYPES = ("application/vnd.docker.raw-stream", "application/vnd.docker.multiplexed-stream")
 HOP_BY_HOP_RAW = {h.encode() for h in HOP_BY_HOP}
 IDLE_CONNECTIONS = 16  # kept open to dockerd for body-less requests
+CLIENT_CHECK_INTERVAL = 1.0  # seconds between looks at whether a quiet stream's client is still there
 
 
 def error(status: int, message: str) -> web.Response:
@@ -212,7 +213,17 @@ async def _relay_response(request: web.Request, status: int, reason: str, header
     await out.prepare(request)  # headers now: the CLI waits on them for /wait and /events
     if request.method != "HEAD":
         try:
-            async for chunk in content.iter_any():
+            while True:
+                try:
+                    async with asyncio.timeout(CLIENT_CHECK_INTERVAL):
+                        chunk = await content.readany()
+                except TimeoutError:
+                    # a quiet stream (events, logs -f): a client that left must not keep it open
+                    if request.transport is None or request.transport.is_closing():
+                        return out
+                    continue
+                if not chunk:
+                    break
                 await out.write(chunk)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             return out  # the client went away; the unread rest keeps upstream from being reused

@@ -176,6 +176,26 @@ def test_a_quiet_session_keeps_the_daemon_asleep_and_output_keeps_its_order(h):
     assert rest == "".join(f"{i}\n" for i in range(1, 100001)) + "done\n"
 
 
+def test_a_client_that_leaves_a_quiet_stream_closes_it_upstream(h):
+    pd(h, "run", "-d", "--name", "silent", "busybox", "sleep", "600")
+    pd(h, "ps")
+    pid = h.daemon_pid()
+    sockets = lambda: int(h.run(f"ls -l /proc/{pid}/fd | grep -c socket:", check=False).stdout.strip() or 0)
+    before = sockets()
+    followers = [h.popen(["docker", "logs", "-f", "silent"], env=h.env(PROXY)) for _ in range(3)]
+    followers.append(h.popen(["docker", "events"], env=h.env(PROXY), stdout=subprocess.DEVNULL))
+    try:
+        assert wait_for(lambda: sockets() >= before + 4)  # the clients' connections
+        time.sleep(1)
+        during = sockets()
+    finally:
+        for proc in followers:
+            proc.kill()
+            proc.wait()
+    # each follower held two: its own and one to dockerd; both must go, though nothing more is logged
+    assert wait_for(lambda: sockets() <= during - 8, timeout=10), (before, during, sockets())
+
+
 def test_cp_100mb_both_ways(h):
     src = h.dir / "big.bin"
     with open(src, "wb") as f:
