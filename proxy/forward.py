@@ -121,6 +121,9 @@ class Upstream:
                 # dockerd may close an idle connection just as it is reused: once more on a fresh one
                 if not reused or attempt == 2:
                     return error(500, f"Docker closed the connection: {exc}")
+            except BaseException:
+                conn.close()  # an answer aiohttp cannot parse, or cancellation: never reuse it
+                raise
         done = False
         try:
             out = await _relay_response(request, message.code, message.reason, message.headers, payload)

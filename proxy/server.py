@@ -4,7 +4,9 @@ Every request is forwarded unchanged except:
   create        -> WEAVE_CIDR checked (400 naming a bad token, nothing created), weavewait
                    put in front of the entrypoint, hostname/DNS settings added;
   start/restart -> answered only once the container is attached (or killed, 500, on failure);
-  exec create   -> exec'd commands wait for the network too.
+  exec create   -> exec'd commands wait for the network too;
+  attach, exec start and any other protocol switch (BuildKit sessions) -> the connection is
+                   taken over and spliced (see forward.py).
 Containers that Docker starts by itself (restart policies, other clients) are attached
 from the event stream.
 """
@@ -150,7 +152,7 @@ class DockerProxy:
             m = EXEC_CREATE.match(path)
             if request.method == "POST" and m:
                 return await self.exec_create(request, m.group(1))
-            if request.method == "POST" and HIJACKED.match(path):
+            if (request.method == "POST" and HIJACKED.match(path)) or asks_upgrade(request):
                 return await self.upstream.hijack(request)
             m = INSPECT.match(path)
             if self.opts.rewrite_inspect and request.method == "GET" and m:
@@ -289,6 +291,12 @@ class DockerProxy:
                 ns["MacAddress"] = iface.mac
         return web.json_response(info, status=200, headers={k: v for k, v in headers.items()
                                                              if k.lower() != "content-type"})
+
+
+def asks_upgrade(request: web.Request) -> bool:
+    """Any other protocol switch (BuildKit's /session and /grpc, attach over websocket) is taken over too."""
+    connection = request.headers.get("Connection", "").lower()
+    return "Upgrade" in request.headers and "upgrade" in (t.strip() for t in connection.split(","))
 
 
 def is_proxied(info: dict) -> bool:

@@ -325,6 +325,31 @@ def test_plain_requests_are_answered_as_dockerd_answers_them(h):
         assert got == want, request
 
 
+UPGRADE = r"""
+import socket, sys, time, uuid
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(5)
+s.sendall(b"POST /v1.41/session HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+          b"X-Docker-Expose-Session-Uuid: %s\r\nX-Docker-Expose-Session-Name: t\r\n"
+          b"X-Docker-Expose-Session-Sharedkey: k\r\nContent-Length: 0\r\n\r\n" % uuid.uuid4().hex.encode())
+data = b""
+while b"PRI * HTTP/2.0" not in data:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+print(data.split(b"\r\n")[0].decode(), b"PRI * HTTP/2.0" in data)
+"""
+
+
+def test_a_buildkit_session_switches_protocol_through_the_proxy(h):
+    # dockerd answers 101 and, as the session's HTTP/2 client, speaks first
+    for sock in ("/run/docker.sock", "/run/weavepy/weave.sock"):
+        out = h.run([sys.executable, "-c", UPGRADE, sock]).stdout.strip()
+        assert out == "HTTP/1.1 101 Switching Protocols True", (sock, out)
+
+
 def test_docker_compose_services_reach_each_other_by_name(h):
     proj = h.dir / "compose"
     proj.mkdir(exist_ok=True)
