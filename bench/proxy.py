@@ -27,10 +27,26 @@ PROXY_SOCK, DIRECT_SOCK, RELAY_SOCK = "/run/weavepy/weave.sock", "/run/docker.so
 PROXY = {"DOCKER_HOST": f"unix://{PROXY_SOCK}"}
 DIRECT = {"DOCKER_HOST": f"unix://{DIRECT_SOCK}"}
 
-# Each loop alternates the sockets call by call and prints the median seconds of each, in order.
-RAW_LOOP = r"""
-import socket, statistics, sys, time
-def get(s):
+# Alternates the sockets call by call; prints the median seconds of each, in order.
+# Each client below defines call(j), one GET /containers/json on paths[j].
+LOOP = r"""
+import statistics, sys, time
+n, paths = int(sys.argv[1]), sys.argv[2:]
+{client}
+times = [[] for _ in paths]
+for i in range(n):
+    for j in (range(len(paths)) if i % 2 else reversed(range(len(paths)))):
+        t = time.perf_counter(); call(j); times[j].append(time.perf_counter() - t)
+print(*(statistics.median(t) for t in times))
+"""
+
+RAW_CLIENT = r"""
+import socket
+socks = []
+for p in paths:
+    socks.append(socket.socket(socket.AF_UNIX)); socks[-1].connect(p)
+def call(j):
+    s = socks[j]
     s.sendall(b"GET /v1.41/containers/json HTTP/1.1\r\nHost: docker\r\n\r\n")
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -39,39 +55,18 @@ def get(s):
     length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
     while len(body) < length:
         body += s.recv(65536)
-n, paths = int(sys.argv[1]), sys.argv[2:]
-socks = []
-for p in paths:
-    socks.append(socket.socket(socket.AF_UNIX)); socks[-1].connect(p)
-times = [[] for _ in paths]
-for i in range(n):
-    for j in (range(len(paths)) if i % 2 else reversed(range(len(paths)))):
-        t = time.perf_counter(); get(socks[j]); times[j].append(time.perf_counter() - t)
-print(*(statistics.median(t) for t in times))
 """
 
-DOCKER_PY_LOOP = r"""
-import statistics, sys, time, docker
-n, paths = int(sys.argv[1]), sys.argv[2:]
+DOCKER_PY_CLIENT = r"""
+import docker
 clients = [docker.APIClient(base_url="unix://" + p, version="1.41") for p in paths]
 for c in clients: c.containers()
-times = [[] for _ in paths]
-for i in range(n):
-    for j in (range(len(paths)) if i % 2 else reversed(range(len(paths)))):
-        t = time.perf_counter(); clients[j].containers(); times[j].append(time.perf_counter() - t)
-print(*(statistics.median(t) for t in times))
+def call(j): clients[j].containers()
 """
 
-CLI_LOOP = r"""
-import statistics, subprocess, sys, time
-n, paths = int(sys.argv[1]), sys.argv[2:]
-times = [[] for _ in paths]
-for i in range(n):
-    for j in (range(len(paths)) if i % 2 else reversed(range(len(paths)))):
-        t = time.perf_counter()
-        subprocess.run(["docker", "-H", "unix://" + paths[j], "ps"], stdout=subprocess.DEVNULL, check=True)
-        times[j].append(time.perf_counter() - t)
-print(*(statistics.median(t) for t in times))
+CLI_CLIENT = r"""
+import subprocess
+def call(j): subprocess.run(["docker", "-H", "unix://" + paths[j], "ps"], stdout=subprocess.DEVNULL, check=True)
 """
 
 # A byte relay and nothing else: what one more userspace hop costs on this machine.
@@ -98,7 +93,8 @@ uvloop.run(main())
 """
 
 
-def loop(h, script: str, calls: int, *paths: str) -> list[float]:
+def loop(h, client: str, calls: int, *paths: str) -> list[float]:
+    script = LOOP.replace("{client}", client)
     return [float(x) for x in h.run([sys.executable, "-c", script, str(calls), *paths], timeout=600).stdout.split()]
 
 
@@ -128,12 +124,12 @@ def main():
         h.run(["docker", "exec", "streamer", "rm", "/tmp/z"], env=DIRECT)
 
         # the small call, with one container to list
-        cli = loop(h, CLI_LOOP, CLI_CALLS, PROXY_SOCK, DIRECT_SOCK)
-        dpy = loop(h, DOCKER_PY_LOOP, CALLS, PROXY_SOCK, DIRECT_SOCK)
+        cli = loop(h, CLI_CLIENT, CLI_CALLS, PROXY_SOCK, DIRECT_SOCK)
+        dpy = loop(h, DOCKER_PY_CLIENT, CALLS, PROXY_SOCK, DIRECT_SOCK)
         relay = h.popen([sys.executable, "-c", BARE_RELAY, RELAY_SOCK, DIRECT_SOCK], stdout=subprocess.PIPE, text=True)
         try:
             assert relay.stdout.readline().strip() == "ready"
-            raw = loop(h, RAW_LOOP, CALLS, PROXY_SOCK, DIRECT_SOCK, RELAY_SOCK)
+            raw = loop(h, RAW_CLIENT, CALLS, PROXY_SOCK, DIRECT_SOCK, RELAY_SOCK)
         finally:
             relay.kill()
             relay.wait()

@@ -46,7 +46,8 @@ BATCH_BYTES = 128 * 1024
 BATCH_WAIT = struct.pack("ll", 0, 1000)  # struct timeval: 1 ms
 SPLICE_F_MOVE = getattr(os, "SPLICE_F_MOVE", 1)
 STREAM_TYPES = ("application/vnd.docker.raw-stream", "application/vnd.docker.multiplexed-stream")
-HOP_BY_HOP_RAW = {h.encode() for h in HOP_BY_HOP}
+HOP_BY_HOP_RAW = frozenset(h.encode() for h in HOP_BY_HOP)
+BODY_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 IDLE_CONNECTIONS = 16  # kept open to dockerd for body-less requests
 CLIENT_CHECK_INTERVAL = 1.0  # seconds between looks at whether a quiet stream's client is still there
 
@@ -124,16 +125,17 @@ class Upstream:
             except BaseException:
                 conn.close()  # an answer aiohttp cannot parse, or cancellation: never reuse it
                 raise
-        done = False
         try:
             out = await _relay_response(request, message.code, message.reason, message.headers, payload)
-            done = True
-            return out
-        finally:
-            if done and not conn.should_close and len(self.idle) < IDLE_CONNECTIONS:
-                self.idle.append(conn)
-            else:
-                conn.close()  # cut short (the client left, or an error): never reuse it
+        except BaseException:
+            conn.close()
+            raise
+        # unread output (the client left mid-stream) leaves should_close set: never reused then
+        if not conn.should_close and len(self.idle) < IDLE_CONNECTIONS:
+            self.idle.append(conn)
+        else:
+            conn.close()
+        return out
 
     async def _connection(self) -> tuple[ResponseHandler, bool]:
         while self.idle:
@@ -161,12 +163,9 @@ class Upstream:
             upstream, side = await loop.create_unix_connection(_UpstreamSide, self.path)
         except OSError as exc:
             return self.unreachable(exc)
-        head = [f"{request.method} {request.raw_path} HTTP/1.1".encode()]
-        for k, v in request.raw_headers:
-            if k.lower() not in (b"content-length", b"transfer-encoding"):
-                head.append(k + b": " + v)
-        head.append(b"Content-Length: %d" % len(body))
-        upstream.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        # Connection and Upgrade stay: they ask for the switch; the body was read whole
+        head = _request_head(request, BODY_FRAMING, b"Content-Length: %d" % len(body))
+        upstream.write(head + body)
         try:
             await side.head_done
         except ConnectionError as exc:
@@ -189,10 +188,11 @@ class Upstream:
         raise asyncio.CancelledError()  # the connection is no longer aiohttp's: it must write nothing
 
 
-def _request_head(request: web.Request) -> bytes:
-    """The client's request line and headers as received, less hop-by-hop ones."""
+def _request_head(request: web.Request, dropped: frozenset = HOP_BY_HOP_RAW, *extra: bytes) -> bytes:
+    """The client's request line and headers as received, less the dropped ones, plus extra."""
     lines = [b"%s %s HTTP/1.1" % (request.method.encode(), request.raw_path.encode())]
-    lines += [k + b": " + v for k, v in request.raw_headers if k.lower() not in HOP_BY_HOP_RAW]
+    lines += [k + b": " + v for k, v in request.raw_headers if k.lower() not in dropped]
+    lines += extra
     if "Host" not in request.headers:
         lines.append(b"Host: docker")  # an HTTP/1.0 client may omit it; dockerd needs one
     return b"\r\n".join(lines) + b"\r\n\r\n"

@@ -171,10 +171,6 @@ class Host:
         self.dockerd.send_signal(signal.SIGTERM)
         self.dockerd.wait(60)
 
-    def restart_dockerd(self):
-        self.stop_dockerd()
-        self.start_dockerd()
-        self.wait_dockerd()
 
     def load_image(self):
         tar = self.bed.image_tar()
