@@ -1,14 +1,14 @@
 """Forwarding Docker API requests unchanged: streamed bodies, streamed responses, hijacked streams.
 
-Ordinary requests go to dockerd with method, raw path and query, headers and
-body as received, nothing added; the response's headers are sent as soon as
-they arrive and each body chunk as it comes, so `docker events`, `logs -f`
-and `wait` behave as direct.  Requests with a body (create, build contexts,
-cp archives) go through an aiohttp ClientSession, which streams them.  The
-many small body-less calls (ps, inspect, _ping, logs, events, wait) skip
-ClientSession's per-request machinery, about half of the proxy's time on such
-a call: they are written to a pooled dockerd connection driven by aiohttp's
-own client protocol, whose C parser reads the response.
+Most plain calls never get here: passthrough.py relays them around aiohttp.
+What does (requests with a body, and body-less ones the relay did not take)
+goes to dockerd with method, raw path and query, headers and body as received,
+nothing added; the response's headers are sent as soon as they arrive and each
+body chunk as it comes, so `docker events`, `logs -f` and `wait` behave as
+direct.  Requests with a body (create, build contexts, cp archives) go through
+an aiohttp ClientSession, which streams them.  Body-less ones skip its
+per-request machinery: they are written to a pooled dockerd connection driven
+by aiohttp's own client protocol, whose C parser reads the response.
 
 attach and exec-start take over the connection (101 UPGRADED, or the older
 200 raw-stream form).  aiohttp's server cannot hand over a socket, so the
@@ -346,6 +346,9 @@ async def pipe(transport, upstream: asyncio.Transport, side: _UpstreamSide, firs
     500 MB `docker exec cat` costs the proxy almost nothing.  Where splice is
     missing, or the client speaks TLS, the two protocols relay the bytes instead.
     """
+    close_docker_side = getattr(transport.get_protocol(), "close_docker_side", None)
+    if close_docker_side is not None:
+        close_docker_side()  # no more plain calls on this connection: its relay to dockerd can go
     # not under TLS: the socket underneath carries ciphertext that only the transport can make
     if hasattr(os, "splice") and transport.get_extra_info("ssl_object") is None:
         client_sock, up_sock = transport.get_extra_info("socket"), upstream.get_extra_info("socket")

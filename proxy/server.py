@@ -32,6 +32,7 @@ from weavepy.ipam.request import AddressError
 from . import create as create_rewrite
 from . import tls_terminator
 from .forward import Upstream, error
+from .passthrough import PassThroughServer
 from .hostname import derive
 from .weave_cidr import decide, validate
 
@@ -44,6 +45,7 @@ EXEC_CREATE = re.compile(V + r"/containers/([^/]+)/exec$")
 INSPECT = re.compile(V + r"/containers/([^/]+)/json$")
 HIJACKED = re.compile(V + r"/(?:containers/[^/]+/attach|exec/[^/]+/start)$")
 SOCKET_PATH = "/run/weavepy/weave.sock"
+MAX_REQUEST_BODY = 64 * 1024 * 1024  # what the proxy reads whole: create and exec bodies
 INTERNAL_SOCKET_PATH = "/run/weavepy/weave-tls-backend.sock"
 
 
@@ -79,16 +81,23 @@ class DockerProxy:
         self.upstream = Upstream(config.docker_host)
         self.match = re.compile(config.hostname_match)
         self.pending_starts: set[str] = set()  # container IDs whose start request waits for attach
-        self.runners: list[web.AppRunner] = []
+        self.runners: list[web.BaseRunner] = []
         self.servers: list[asyncio.AbstractServer] = []
         self.addresses: list[str] = []
 
     # -- listening ------------------------------------------------------------
     async def start(self):
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
+        loop = asyncio.get_running_loop()
+
+        def make_request(message, payload, protocol, writer, task):
+            return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=MAX_REQUEST_BODY)
+
+        # plain calls go around aiohttp's request objects (see passthrough.py);
         # auto_decompress off: a gzip request body (docker build) must reach dockerd still gzipped
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+        server = PassThroughServer(self.handle, request_factory=make_request, docker_path=self.upstream.path,
+                                   intercepts=self.intercepts,
+                                   access_log=None, auto_decompress=False)
+        runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         self.runners.append(runner)
         unix = [h for h in self.hosts if h.startswith("unix://") or h.startswith("/")]
@@ -141,21 +150,38 @@ class DockerProxy:
         await self.upstream.close()
 
     # -- dispatch ---------------------------------------------------------------
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        path = request.path
+    def route(self, method: str, path: str, upgrade: bool) -> tuple[str, str | None]:
+        """What the proxy does with a request: (kind, container) -- "forward" means unchanged."""
+        if method == "POST":
+            if CREATE.match(path):
+                return "create", None
+            if m := START.match(path):
+                return "start", m.group(1)
+            if m := EXEC_CREATE.match(path):
+                return "exec_create", m.group(1)
+            if HIJACKED.match(path):
+                return "hijack", None
+        if upgrade:
+            return "hijack", None
+        if method == "GET" and self.opts.rewrite_inspect and (m := INSPECT.match(path)):
+            return "inspect", m.group(1)
+        return "forward", None
+
+    def intercepts(self, method: str, path: str, upgrade: bool) -> bool:
+        return self.route(method, path, upgrade)[0] != "forward"
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        kind, name = self.route(request.method, request.path, asks_upgrade(request))
         try:
-            if request.method == "POST" and CREATE.match(path):
+            if kind == "create":
                 return await self.create(request)
-            m = START.match(path)
-            if request.method == "POST" and m:
-                return await self.start_container(request, m.group(1))
-            m = EXEC_CREATE.match(path)
-            if request.method == "POST" and m:
-                return await self.exec_create(request, m.group(1))
-            if (request.method == "POST" and HIJACKED.match(path)) or asks_upgrade(request):
+            if kind == "start":
+                return await self.start_container(request, name)
+            if kind == "exec_create":
+                return await self.exec_create(request, name)
+            if kind == "hijack":
                 return await self.upstream.hijack(request)
-            m = INSPECT.match(path)
-            if self.opts.rewrite_inspect and request.method == "GET" and m:
+            if kind == "inspect":
                 return await self.inspect(request)
             return await self.upstream.forward(request)
         except DockerError as exc:

@@ -1,0 +1,242 @@
+"""The way around aiohttp for plain calls: their bytes go to dockerd and back unparsed.
+
+Most Docker API calls (ps, inspect, logs, events, wait, _ping) pass through
+unchanged.  Taking each through aiohttp's request and response objects cost
+the proxy about 0.7 ms of CPU per call on the test machines, more than dockerd
+takes to answer; copying the bytes costs a fraction of that.  So the listener
+is still aiohttp's, but its connection handler first looks at each read: one
+whole body-less HTTP/1.1 request head that the proxy does not intercept is
+written as it came to this connection's own connection to dockerd, and
+dockerd's answer is copied back as it comes (byte-exact, streamed, with
+back-pressure).  Everything else (create, start, exec, attach, requests with
+bodies, heads split across reads, HTTP/1.0) goes to aiohttp as before.
+
+Answers leave in the order requests came: ResponseEnd tracks where each relayed
+answer ends, and a request for aiohttp that arrives while one is still being
+relayed waits for it.  A connection that streams (events, logs -f) is not idle,
+so aiohttp's keep-alive timer leaves it alone.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Callable
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from .response_end import MalformedResponse, ResponseEnd
+
+# (method, decoded path, asks to switch protocol) -> the proxy must see this request
+Intercepts = Callable[[str, str, bool], bool]
+
+
+def plain_request(data: bytes) -> tuple[str, str, bool] | None:
+    """(method, decoded path, asks to upgrade) if data is exactly one body-less HTTP/1.1 request head."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end != len(data) - 4:
+        return None
+    lines = data[:end].split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not parts[1].startswith(b"/"):
+        return None
+    host = upgrade = False
+    connection = b""
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name[-1:] in b" \t":
+            return None  # not a header aiohttp would accept either: let it say so
+        name = name.lower()
+        if name == b"host":
+            host = True
+        elif name == b"content-length":
+            if value.strip() != b"0":
+                return None
+        elif name == b"transfer-encoding" or name == b"expect":
+            return None  # a body follows
+        elif name == b"upgrade":
+            upgrade = True
+        elif name == b"connection":
+            connection = value.lower()
+    if not host:
+        return None  # aiohttp's path adds the Host that dockerd needs
+    path = parts[1].decode("latin-1").partition("?")[0]
+    if "%" in path:
+        path = unquote(path, encoding="latin-1")
+    asks_upgrade = upgrade and b"upgrade" in (t.strip() for t in connection.split(b","))
+    return parts[0].decode("latin-1"), path, asks_upgrade
+
+
+class PassThroughServer(web.Server):
+    """aiohttp's low-level server whose connections relay plain calls straight to dockerd."""
+
+    def __init__(self, handler, *, docker_path: str, intercepts: Intercepts, **kwargs):
+        super().__init__(handler, **kwargs)
+        self._docker_path = docker_path
+        self._intercepts = intercepts
+        # what web.Server passes on to each connection's handler
+        self._handler_kwargs = {k: v for k, v in kwargs.items()
+                                if k not in ("request_factory", "handler_cancellation", "loop")}
+
+    def __call__(self) -> PassThroughHandler:
+        return PassThroughHandler(self, loop=self._loop, docker_path=self._docker_path,
+                                  intercepts=self._intercepts, **self._handler_kwargs)
+
+
+class PassThroughHandler(web.RequestHandler):
+    def __init__(self, manager, *, docker_path: str, intercepts: Intercepts, **kwargs):
+        super().__init__(manager, **kwargs)
+        self._docker_path = docker_path
+        self._intercepts = intercepts
+        self._docker: asyncio.Transport | None = None  # this connection's own connection to dockerd
+        self._connecting: list[bytes] | None = None  # requests written once it is open
+        self._connect_task: asyncio.Task | None = None
+        self._answers: deque[ResponseEnd] = deque()  # relayed requests not yet fully answered, oldest first
+        self._held: bytearray | None = None  # bytes for aiohttp, waiting for relayed answers to end
+        self._aiohttp_partial = False  # aiohttp holds part of a request head
+
+    # -- the client's bytes ----------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held += data
+            return
+        if self._aiohttp_idle():
+            request = plain_request(data)
+            if request is not None and not self._intercepts(*request):
+                self._relay_request(data, request[0])
+                return
+        if self._answers:
+            # aiohttp's answer must not overtake a relayed one: wait for it to end
+            self._held = bytearray(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        super().data_received(data)
+        waiter = getattr(self, "_waiter", None)
+        self._aiohttp_partial = waiter is not None and not waiter.done() and not self._messages
+
+    def _aiohttp_idle(self) -> bool:
+        """aiohttp is between requests: waiting for one, with none queued or half-read.
+
+        Read from aiohttp's own handler state; if a later aiohttp renames it, this
+        says "busy" and every request simply takes aiohttp's path.
+        """
+        waiter = getattr(self, "_waiter", None)
+        return (waiter is not None and not waiter.done() and not getattr(self, "_messages", True)
+                and not self._aiohttp_partial and not getattr(self, "_upgraded", True)
+                and getattr(self, "_payload_parser", True) is None)
+
+    def _relay_request(self, data: bytes, method: str):
+        self._answers.append(ResponseEnd(method))
+        # a connection busy with relayed calls is not idle to aiohttp's keep-alive timer
+        self._next_keepalive_close_time = self._loop.time() + self.keepalive_timeout
+        if self._docker is not None:
+            self._docker.write(data)
+        elif self._connecting is not None:
+            self._connecting.append(data)
+        else:
+            self._connecting = [data]
+            self._connect_task = self._loop.create_task(self._connect())
+
+    async def _connect(self):
+        try:
+            docker, _ = await self._loop.create_unix_connection(lambda: _DockerSide(self), self._docker_path)
+        except OSError:
+            # aiohttp's path answers these, with the error that says dockerd cannot be reached
+            pending, self._connecting = self._connecting or [], None
+            self._answers.clear()
+            for data in pending:
+                super().data_received(data)
+            self._release_held()
+            return
+        if self.transport is None or self.transport.is_closing():
+            docker.close()
+            return
+        self._docker = docker
+        for data in self._connecting or []:
+            docker.write(data)
+        self._connecting = None
+
+    def _release_held(self):
+        held, self._held = self._held, None
+        if held is not None:
+            if self.transport is not None:
+                self.transport.resume_reading()
+            self.data_received(bytes(held))
+
+    # -- dockerd's bytes ---------------------------------------------------------
+    def relay_answer(self, data: bytes):
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        try:
+            while self._answers:
+                used = self._answers[0].feed(data)
+                if used is None:
+                    return
+                self._answers.popleft()
+                if used == len(data):
+                    break
+                data = data[used:]  # the next answer, to a pipelined request
+        except MalformedResponse:
+            # cannot tell where answers end any more: as a broken connection to dockerd
+            self._answers.clear()
+            transport.close()
+            return
+        if not self._answers:
+            self._release_held()
+
+    def docker_closed(self, docker: asyncio.Transport):
+        if docker is not self._docker:
+            return  # one this handler already let go
+        self._docker = None
+        if self._answers:
+            # an answer cut short, or one that ends at the close: the client must see the close too
+            self._answers.clear()
+            if self.transport is not None:
+                self.transport.close()
+        # else dockerd closed an idle connection: the next plain call opens another
+
+    def close_docker_side(self):
+        """The client's connection is taken over (attach, exec): it has no more plain calls."""
+        if self._docker is not None:
+            self._docker.close()
+            self._docker = None
+
+    # -- the client's connection ---------------------------------------------------
+    def pause_writing(self):
+        super().pause_writing()
+        if self._docker is not None:
+            self._docker.pause_reading()  # the client reads slower than dockerd answers
+
+    def resume_writing(self):
+        super().resume_writing()
+        if self._docker is not None and not self._docker.is_closing():
+            self._docker.resume_reading()
+
+    def connection_lost(self, exc):
+        self.close_docker_side()
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+        super().connection_lost(exc)
+
+    def _process_keepalive(self):
+        if self._answers:  # still relaying an answer (events, logs -f): not an idle connection
+            self._next_keepalive_close_time = self._loop.time() + self.keepalive_timeout
+        super()._process_keepalive()
+
+
+class _DockerSide(asyncio.Protocol):
+    def __init__(self, handler: PassThroughHandler):
+        self.handler = handler
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data: bytes):
+        self.handler.relay_answer(data)
+
+    def connection_lost(self, exc):
+        self.handler.docker_closed(self.transport)

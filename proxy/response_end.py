@@ -1,0 +1,143 @@
+"""Where one HTTP/1.1 response ends, read from the bytes as they come (sans-IO).
+
+The pass-through relay copies dockerd's answers to the client unparsed; it only
+needs to know when an answer is over, so it can tell whether the connection is
+idle before a request that aiohttp must answer (that answer must not overtake
+one still being relayed).  Framing, per RFC 9112 section 6.3: no body after a
+HEAD, 1xx, 204 or 304; else chunked, else Content-Length, else until close.
+"""
+from __future__ import annotations
+
+MAX_LINE = 64 * 1024  # a head or chunk-size line longer than this is not HTTP from dockerd
+
+_HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _UNTIL_CLOSE, _DONE = range(7)
+
+
+class MalformedResponse(ValueError):
+    pass
+
+
+class ResponseEnd:
+    """Feed a response's bytes in order; feed() says how many of them finish it.
+
+    until_close: the response runs until the connection closes (no length given,
+    or 101 Switching Protocols); feed() then never reports an end.
+    """
+
+    def __init__(self, request_method: str):
+        self._no_body = request_method == "HEAD"
+        self._state = _HEAD
+        self._buf = bytearray()  # a head or line split across reads
+        self._left = 0
+        self.status: int | None = None
+
+    @property
+    def until_close(self) -> bool:
+        return self._state == _UNTIL_CLOSE
+
+    def feed(self, data: bytes) -> int | None:
+        """How many leading bytes of data complete the response; None if it goes on after them."""
+        pos, end = 0, len(data)
+        while True:
+            state = self._state
+            if state == _BODY or state == _CHUNK_DATA:
+                take = min(self._left, end - pos)
+                pos += take
+                self._left -= take
+                if self._left:
+                    return None
+                if state == _BODY:
+                    self._state = _DONE
+                    return pos
+                self._state = _CHUNK_SIZE
+            elif state == _UNTIL_CLOSE:
+                return None
+            elif state == _DONE:
+                raise MalformedResponse("fed past the end of the response")
+            elif state == _HEAD:
+                if pos == end:
+                    return None
+                before = len(self._buf)
+                self._buf += data[pos:]
+                i = self._buf.find(b"\r\n\r\n")
+                if i < 0:
+                    if len(self._buf) > MAX_LINE:
+                        raise MalformedResponse("response head too long")
+                    return None
+                pos += i + 4 - before
+                head = bytes(self._buf[:i])
+                self._buf.clear()
+                self._after_head(head)
+                if self._state == _DONE:
+                    return pos
+            else:  # a chunk-size line, or a trailer line
+                line, pos = self._line(data, pos)
+                if line is None:
+                    if pos == end:
+                        return None
+                    continue
+                if state == _CHUNK_SIZE:
+                    try:
+                        size = int(line.split(b";", 1)[0].strip(), 16)
+                    except ValueError:
+                        raise MalformedResponse(f"bad chunk size line {line[:40]!r}") from None
+                    if size:
+                        self._left, self._state = size + 2, _CHUNK_DATA  # the data and its CRLF
+                    else:
+                        self._state = _TRAILER
+                elif not line:  # the empty line after the last chunk (and any trailers)
+                    self._state = _DONE
+                    return pos
+
+    def _line(self, data: bytes, pos: int) -> tuple[bytes | None, int]:
+        if not self._buf:
+            i = data.find(b"\r\n", pos)
+            if i >= 0:
+                return data[pos:i], i + 2
+            self._buf += data[pos:]
+            return None, len(data)
+        # the line began in an earlier read; it is short, so look at a little more only
+        piece = data[pos:pos + 1024]
+        before = len(self._buf)
+        self._buf += piece
+        i = self._buf.find(b"\r\n")
+        if i < 0:
+            if len(self._buf) > MAX_LINE:
+                raise MalformedResponse("chunk line too long")
+            return None, pos + len(piece)
+        line = bytes(self._buf[:i])
+        self._buf.clear()
+        return line, pos + i + 2 - before
+
+    def _after_head(self, head: bytes):
+        lines = head.split(b"\r\n")
+        try:
+            self.status = int(lines[0].split(b" ", 2)[1])
+        except (IndexError, ValueError):
+            raise MalformedResponse(f"bad status line {lines[0][:60]!r}") from None
+        if self.status == 101:
+            self._state = _UNTIL_CLOSE  # another protocol from here on
+            return
+        if 100 <= self.status < 200:
+            return  # an interim answer (100 Continue): the real head follows
+        if self._no_body or self.status in (204, 304):
+            self._state = _DONE
+            return
+        length = chunked = None
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"transfer-encoding":
+                chunked = value.strip().lower().endswith(b"chunked")
+            elif name == b"content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    raise MalformedResponse(f"bad Content-Length {value.strip()[:40]!r}") from None
+        if chunked:
+            self._state = _CHUNK_SIZE
+        elif chunked is None and length is not None:
+            self._left = length
+            self._state = _BODY if length else _DONE
+        else:
+            self._state = _UNTIL_CLOSE
