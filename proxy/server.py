@@ -32,8 +32,8 @@ from weavepy.ipam.request import AddressError
 from . import create as create_rewrite
 from . import tls_terminator
 from .forward import Upstream, error
-from .passthrough import PassThroughServer
 from .hostname import derive
+from .passthrough import PassThroughServer
 from .weave_cidr import decide, validate
 
 log = logging.getLogger("weavepy.proxy")
@@ -150,28 +150,11 @@ class DockerProxy:
         await self.upstream.close()
 
     # -- dispatch ---------------------------------------------------------------
-    def route(self, method: str, path: str, upgrade: bool) -> tuple[str, str | None]:
-        """What the proxy does with a request: (kind, container) -- "forward" means unchanged."""
-        if method == "POST":
-            if CREATE.match(path):
-                return "create", None
-            if m := START.match(path):
-                return "start", m.group(1)
-            if m := EXEC_CREATE.match(path):
-                return "exec_create", m.group(1)
-            if HIJACKED.match(path):
-                return "hijack", None
-        if upgrade:
-            return "hijack", None
-        if method == "GET" and self.opts.rewrite_inspect and (m := INSPECT.match(path)):
-            return "inspect", m.group(1)
-        return "forward", None
-
     def intercepts(self, method: str, path: str, upgrade: bool) -> bool:
-        return self.route(method, path, upgrade)[0] != "forward"
+        return route(method, path, upgrade, self.opts.rewrite_inspect)[0] != "forward"
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        kind, name = self.route(request.method, request.path, asks_upgrade(request))
+        kind, name = route(request.method, request.path, asks_upgrade(request), self.opts.rewrite_inspect)
         try:
             if kind == "create":
                 return await self.create(request)
@@ -317,6 +300,24 @@ class DockerProxy:
                 ns["MacAddress"] = iface.mac
         return web.json_response(info, status=200, headers={k: v for k, v in headers.items()
                                                              if k.lower() != "content-type"})
+
+
+def route(method: str, path: str, upgrade: bool, rewrite_inspect: bool) -> tuple[str, str | None]:
+    """What the proxy does with a request: (kind, container); "forward" means pass it on unchanged."""
+    if method == "POST":
+        if CREATE.match(path):
+            return "create", None
+        if m := START.match(path):
+            return "start", m.group(1)
+        if m := EXEC_CREATE.match(path):
+            return "exec_create", m.group(1)
+        if HIJACKED.match(path):
+            return "hijack", None
+    if upgrade:
+        return "hijack", None
+    if method == "GET" and rewrite_inspect and (m := INSPECT.match(path)):
+        return "inspect", m.group(1)
+    return "forward", None
 
 
 def asks_upgrade(request: web.Request) -> bool:

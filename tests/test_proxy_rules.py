@@ -7,6 +7,7 @@ import pytest
 from weavepy.ipam.request import AddressError
 from weavepy.proxy.create import CreateError, CreateOptions, rewrite
 from weavepy.proxy.hostname import derive, replace_all
+from weavepy.proxy.server import route
 from weavepy.proxy.weave_cidr import decide, validate
 
 DEFAULT = ipaddress.IPv4Network("10.32.0.0/12")
@@ -84,3 +85,22 @@ def test_image_entrypoint_with_user_args_and_no_command_at_all():
 def test_without_dns_leaves_names_alone():
     new = rewrite({"Cmd": ["sh"]}, CreateOptions("/w-dir", None, "weave.local.", "c1"), {})
     assert "Hostname" not in new and "Dns" not in new["HostConfig"]
+
+
+@pytest.mark.parametrize("method, path, upgrade, rewrite_inspect, expected", [
+    ("POST", "/v1.41/containers/create", False, False, ("create", None)),
+    ("POST", "/containers/c1/start", False, False, ("start", "c1")),
+    ("POST", "/v1.41/containers/c1/restart", False, False, ("start", "c1")),
+    ("POST", "/v1.41/containers/c1/exec", False, False, ("exec_create", "c1")),
+    ("POST", "/v1.41/containers/c1/attach", False, False, ("hijack", None)),
+    ("POST", "/exec/abc/start", False, False, ("hijack", None)),
+    ("POST", "/v1.41/session", True, False, ("hijack", None)),
+    ("GET", "/v1.41/containers/c1/json", False, False, ("forward", None)),
+    ("GET", "/v1.41/containers/c1/json", False, True, ("inspect", "c1")),
+    ("GET", "/v1.41/containers/json", False, True, ("forward", None)),
+    ("POST", "/v1.41/containers/c1/wait", False, False, ("forward", None)),
+    ("GET", "/v1.41/containers/create", False, False, ("forward", None)),
+    ("POST", "/v1.41/containers/create/extra", False, False, ("forward", None)),
+])
+def test_what_the_proxy_does_with_each_request(method, path, upgrade, rewrite_inspect, expected):
+    assert route(method, path, upgrade, rewrite_inspect) == expected
