@@ -32,39 +32,36 @@ Intercepts = Callable[[str, str, bool], bool]
 
 
 def plain_request(data: bytes) -> tuple[str, str, bool] | None:
-    """(method, decoded path, asks to upgrade) if data is exactly one body-less HTTP/1.1 request head."""
+    """(method, decoded path, asks to upgrade) if data is exactly one body-less HTTP/1.1 request head.
+
+    It runs on every call, so it searches rather than parses; what it lets through
+    reaches dockerd unchanged, whose own parser then judges the head.
+    """
     end = data.find(b"\r\n\r\n")
     if end < 0 or end != len(data) - 4:
         return None
-    lines = data[:end].split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not parts[1].startswith(b"/"):
+    first = data.find(b"\r\n")
+    parts = data[:first].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[1][:1] != b"/":
         return None
-    host = upgrade = False
-    connection = b""
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name[-1:] in b" \t":
-            return None  # not a header aiohttp would accept either: let it say so
-        name = name.lower()
-        if name == b"host":
-            host = True
-        elif name == b"content-length":
-            if value.strip() != b"0":
-                return None
-        elif name == b"transfer-encoding" or name == b"expect":
-            return None  # a body follows
-        elif name == b"upgrade":
-            upgrade = True
-        elif name == b"connection":
-            connection = value.lower()
-    if not host:
+    headers = data[first:end + 2].lower()  # each header between a CRLF before and one after
+    if b"\r\nhost:" not in headers:
         return None  # aiohttp's path adds the Host that dockerd needs
+    if b"\r\ntransfer-encoding:" in headers or b"\r\nexpect:" in headers:
+        return None  # a body follows
+    if (i := headers.find(b"\r\ncontent-length:")) >= 0 and _value(headers, i + 17) != b"0":
+        return None
+    upgrade = False
+    if b"\r\nupgrade:" in headers and (i := headers.find(b"\r\nconnection:")) >= 0:
+        upgrade = b"upgrade" in (t.strip() for t in _value(headers, i + 13).split(b","))
     path = parts[1].decode("latin-1").partition("?")[0]
     if "%" in path:
         path = unquote(path, encoding="latin-1")
-    asks_upgrade = upgrade and b"upgrade" in (t.strip() for t in connection.split(b","))
-    return parts[0].decode("latin-1"), path, asks_upgrade
+    return parts[0].decode("latin-1"), path, upgrade
+
+
+def _value(headers: bytes, start: int) -> bytes:
+    return headers[start:headers.index(b"\r\n", start)].strip()
 
 
 class PassThroughServer(web.Server):
