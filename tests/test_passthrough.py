@@ -5,6 +5,7 @@ import itertools
 
 import pytest
 from aiohttp import web
+from hypothesis import given, strategies as st
 
 from weavepy.proxy.forward import Upstream
 from weavepy.proxy.passthrough import PassThroughServer, plain_request
@@ -50,6 +51,43 @@ def test_answers_that_run_until_the_connection_closes():
         framing = ResponseEnd("POST")
         assert framing.feed(head) is None and framing.until_close
         assert framing.feed(LENGTH) is None  # later bytes are part of the stream, never a new answer
+
+
+def build(kind: str, pieces: list[bytes]) -> bytes:
+    body = b"".join(pieces)
+    if kind == "length":
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    if kind == "none":
+        return b"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n"
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces if p)
+    return b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+
+
+@given(st.lists(st.tuples(st.sampled_from(["length", "chunked", "none"]),
+                          st.lists(st.binary(max_size=40), max_size=5)), min_size=1, max_size=5),
+       st.lists(st.integers(min_value=1, max_value=50), max_size=30))
+def test_back_to_back_answers_cut_anywhere_each_end_where_they_should(answers, read_sizes):
+    stream = [build(kind, pieces) for kind, pieces in answers]
+    data, ends, offset = b"".join(stream), [], 0
+    for answer in stream:
+        offset += len(answer)
+        ends.append(offset)
+    reads, pos = [], 0
+    for size in read_sizes:
+        reads.append(data[pos:pos + size])
+        pos += size
+    reads.append(data[pos:])
+    found, framing, consumed = [], ResponseEnd("GET"), 0
+    for read in reads:
+        while read:
+            used = framing.feed(read)
+            if used is None:
+                consumed += len(read)
+                break
+            consumed += used
+            found.append(consumed)
+            framing, read = ResponseEnd("GET"), read[used:]
+    assert found == ends
 
 
 @pytest.mark.parametrize("bad", [b"HTTP/1.1 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
