@@ -110,7 +110,7 @@ class PassThroughHandler(web.RequestHandler):
             return
         super().data_received(data)
         waiter = getattr(self, "_waiter", None)
-        self._aiohttp_partial = waiter is not None and not waiter.done() and not self._messages
+        self._aiohttp_partial = waiter is not None and not waiter.done() and not getattr(self, "_messages", True)
 
     def _aiohttp_idle(self) -> bool:
         """aiohttp is between requests: waiting for one, with none queued or half-read.
@@ -150,6 +150,8 @@ class PassThroughHandler(web.RequestHandler):
             docker.close()
             return
         self._docker = docker
+        if getattr(self, "_paused", False):
+            docker.pause_reading()  # the client was already not keeping up
         for data in self._connecting or []:
             docker.write(data)
         self._connecting = None
