@@ -9,7 +9,9 @@ whole body-less HTTP/1.1 request head that the proxy does not intercept is
 written as it came to this connection's own connection to dockerd, and
 dockerd's answer is copied back as it comes (byte-exact, streamed, with
 back-pressure).  Everything else (create, start, exec, attach, requests with
-bodies, heads split across reads, HTTP/1.0) goes to aiohttp as before.
+bodies, heads split across reads, HTTP/1.0) goes to aiohttp as before.  A
+client repeats its request heads byte for byte, so each head's verdict is
+remembered and most calls are decided by one dictionary lookup.
 
 Answers leave in the order requests came: ResponseEnd tracks where each relayed
 answer ends, and a request for aiohttp that arrives while one is still being
@@ -29,6 +31,14 @@ from .response_end import MalformedResponse, ResponseEnd
 
 # (method, decoded path, asks to switch protocol) -> the proxy must see this request
 Intercepts = Callable[[str, str, bool], bool]
+
+# The relay reads aiohttp's connection state to know it is between requests.  Checked
+# once here: under an aiohttp that names it otherwise, every request takes aiohttp's path.
+_AIOHTTP_STATE = ("_waiter", "_messages", "_upgraded", "_payload_parser", "_paused",
+                  "_next_keepalive_close_time", "_process_keepalive")
+RELAY_AVAILABLE = all(hasattr(web.RequestHandler, name) for name in _AIOHTTP_STATE)
+DECISIONS_KEPT = 512  # request heads remembered with their verdict (clients repeat theirs)
+_UNSEEN = object()
 
 
 def plain_request(data: bytes) -> tuple[str, str, bool] | None:
@@ -71,20 +81,36 @@ class PassThroughServer(web.Server):
         super().__init__(handler, **kwargs)
         self._docker_path = docker_path
         self._intercepts = intercepts
+        # a request head -> its method if it is relayed, else None.  A client sends the same
+        # head for the same call, byte for byte, so most calls are decided by one lookup.
+        self._decisions: dict[bytes, str | None] = {}
         # what web.Server passes on to each connection's handler
         self._handler_kwargs = {k: v for k, v in kwargs.items()
                                 if k not in ("request_factory", "handler_cancellation", "loop")}
 
-    def __call__(self) -> PassThroughHandler:
+    def __call__(self) -> web.RequestHandler:
+        if not RELAY_AVAILABLE:
+            return web.RequestHandler(self, loop=self._loop, **self._handler_kwargs)
         return PassThroughHandler(self, loop=self._loop, docker_path=self._docker_path,
-                                  intercepts=self._intercepts, **self._handler_kwargs)
+                                  decide=self.decide, decisions=self._decisions, **self._handler_kwargs)
+
+    def decide(self, data: bytes) -> str | None:
+        """The method of a request to relay as it is, or None for aiohttp's path."""
+        request = plain_request(data)
+        method = request[0] if request is not None and not self._intercepts(*request) else None
+        if len(self._decisions) >= DECISIONS_KEPT:
+            self._decisions.clear()
+        self._decisions[data] = method
+        return method
 
 
 class PassThroughHandler(web.RequestHandler):
-    def __init__(self, manager, *, docker_path: str, intercepts: Intercepts, **kwargs):
+    def __init__(self, manager, *, docker_path: str, decide: Callable[[bytes], str | None],
+                 decisions: dict[bytes, str | None], **kwargs):
         super().__init__(manager, **kwargs)
         self._docker_path = docker_path
-        self._intercepts = intercepts
+        self._decide = decide
+        self._decisions = decisions
         self._docker: asyncio.Transport | None = None  # this connection's own connection to dockerd
         self._connecting: list[bytes] | None = None  # requests written once it is open
         self._connect_task: asyncio.Task | None = None
@@ -98,9 +124,11 @@ class PassThroughHandler(web.RequestHandler):
             self._held += data
             return
         if self._aiohttp_idle():
-            request = plain_request(data)
-            if request is not None and not self._intercepts(*request):
-                self._relay_request(data, request[0])
+            method = self._decisions.get(data, _UNSEEN)
+            if method is _UNSEEN:
+                method = self._decide(data)
+            if method is not None:
+                self._relay_request(data, method)
                 return
         if self._answers:
             # aiohttp's answer must not overtake a relayed one: wait for it to end
@@ -109,19 +137,14 @@ class PassThroughHandler(web.RequestHandler):
                 self.transport.pause_reading()
             return
         super().data_received(data)
-        waiter = getattr(self, "_waiter", None)
-        self._aiohttp_partial = waiter is not None and not waiter.done() and not getattr(self, "_messages", True)
+        waiter = self._waiter
+        self._aiohttp_partial = waiter is not None and not waiter.done() and not self._messages
 
     def _aiohttp_idle(self) -> bool:
-        """aiohttp is between requests: waiting for one, with none queued or half-read.
-
-        Read from aiohttp's own handler state; if a later aiohttp renames it, this
-        says "busy" and every request simply takes aiohttp's path.
-        """
-        waiter = getattr(self, "_waiter", None)
-        return (waiter is not None and not waiter.done() and not getattr(self, "_messages", True)
-                and not self._aiohttp_partial and not getattr(self, "_upgraded", True)
-                and getattr(self, "_payload_parser", True) is None)
+        """aiohttp is between requests: waiting for one, with none queued or half-read."""
+        waiter = self._waiter
+        return (waiter is not None and not waiter.done() and not self._messages and not self._aiohttp_partial
+                and not self._upgraded and self._payload_parser is None)
 
     def _relay_request(self, data: bytes, method: str):
         self._answers.append(ResponseEnd(method))
@@ -150,7 +173,7 @@ class PassThroughHandler(web.RequestHandler):
             docker.close()
             return
         self._docker = docker
-        if getattr(self, "_paused", False):
+        if self._paused:
             docker.pause_reading()  # the client was already not keeping up
         for data in self._connecting or []:
             docker.write(data)

@@ -42,7 +42,7 @@ class ResponseEnd:
             # relayed call, so it takes the shortest way there
             i = data.find(b"\r\n\r\n")
             if i >= 0:
-                self._after_head(data[:i])
+                self._after_head(data, i)
                 pos = i + 4
                 if self._state == _DONE:
                     return pos
@@ -79,7 +79,7 @@ class ResponseEnd:
                 if not self._buf:
                     i = data.find(b"\r\n\r\n", pos)
                     if i >= 0:  # the usual case: the whole head in one read
-                        head, pos = data[pos:i], i + 4
+                        head, pos = data[pos:i + 4], i + 4
                     else:
                         self._buf += data[pos:]
                         return None
@@ -92,9 +92,9 @@ class ResponseEnd:
                             raise MalformedResponse("response head too long")
                         return None
                     pos += i + 4 - before
-                    head = bytes(self._buf[:i])
+                    head = bytes(self._buf[:i + 4])
                     self._buf.clear()
-                self._after_head(head)
+                self._after_head(head, len(head) - 4)
                 if self._state == _DONE:
                     return pos
             else:  # a chunk-size line, or a trailer line
@@ -136,22 +136,25 @@ class ResponseEnd:
         self._buf.clear()
         return line, pos + i + 2 - before
 
-    def _after_head(self, head: bytes):
-        first = head.find(b"\r\n")
-        status_line = head if first < 0 else head[:first]
-        try:
-            self.status = int(status_line.split(b" ", 2)[1])
-        except (IndexError, ValueError):
-            raise MalformedResponse(f"bad status line {status_line[:60]!r}") from None
-        if self.status == 101:
+    def _after_head(self, data: bytes, end: int):
+        """data[:end] is a response head, without the blank line that ends it."""
+        # "HTTP/1.x NNN ...": the code is always at 9:12
+        if data[:5] != b"HTTP/" or data[8:9] != b" " or not data[9:12].isdigit() or end < 12:
+            raise MalformedResponse(f"bad status line {data[:min(end, 60)]!r}")
+        self.status = status = int(data[9:12])
+        if status == 101:
             self._state = _UNTIL_CLOSE  # another protocol from here on
             return
-        if 100 <= self.status < 200:
+        if status < 200:
             return  # an interim answer (100 Continue): the real head follows
-        if self._no_body or self.status in (204, 304):
+        if self._no_body or status == 204 or status == 304:
             self._state = _DONE
             return
-        headers = head[first:].lower() + b"\r\n"  # each header between a CRLF before and one after
+        first = data.find(b"\r\n", 0, end)
+        if first < 0:
+            self._state = _UNTIL_CLOSE  # no headers at all: no length
+            return
+        headers = data[first:end + 2].lower()  # each header between a CRLF before and one after
         if (i := headers.find(b"\r\ntransfer-encoding:")) >= 0:
             # chunked last: chunked framing; any other coding: until close
             self._state = _CHUNK_SIZE if _value(headers, i + 20).endswith(b"chunked") else _UNTIL_CLOSE

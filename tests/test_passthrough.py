@@ -225,6 +225,12 @@ async def test_plain_calls_get_dockerds_bytes_and_share_one_connection_to_it(rel
         writer.write(get(path))
         assert await read_answer(reader) == ODD  # reason phrase and header case as dockerd sent them
     assert [n for n, _ in docker.seen] == [0, 0, 0] and handled == []
+    for _ in range(2):  # a request the proxy answers itself, again and again (verdicts are remembered)
+        writer.write(get("/containers/c1/start", "POST"))
+        assert (await read_answer(reader)).endswith(b"attached")
+    writer.write(get("/_ping"))
+    assert await read_answer(reader) == ODD
+    assert handled == ["/containers/c1/start"] * 2 and len(docker.seen) == 4
     writer.close()
 
 
