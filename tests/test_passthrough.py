@@ -308,3 +308,14 @@ async def test_a_client_that_reads_slowly_slows_dockerd_down(relay):
         total += len(chunk)
     assert total - len(b"HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n") == 64 << 20
     writer.close()
+
+
+async def test_under_an_aiohttp_without_the_state_it_reads_every_call_takes_aiohttps_path(relay, monkeypatch):
+    from weavepy.proxy import passthrough
+    monkeypatch.setattr(passthrough, "RELAY_AVAILABLE", False)
+    docker, sock, handled = relay
+    reader, writer = await asyncio.open_unix_connection(sock)
+    writer.write(get("/v1.41/containers/json"))
+    assert (await read_answer(reader)).endswith(b"plain")
+    assert handled == ["/v1.41/containers/json"]
+    writer.close()
