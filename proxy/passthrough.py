@@ -2,8 +2,8 @@
 
 Most Docker API calls (ps, inspect, logs, events, wait, _ping) pass through
 unchanged.  Taking each through aiohttp's request and response objects cost
-the proxy about 0.7 ms of CPU per call on the test machines, more than dockerd
-takes to answer; copying the bytes costs a fraction of that.  So the listener
+the proxy about 0.9 ms of CPU per docker-py call on the test machine, more than
+dockerd took to answer; copying the bytes costs about a sixth of that.  So the listener
 is still aiohttp's, but its connection handler first looks at each read: one
 whole body-less HTTP/1.1 request head that the proxy does not intercept is
 written as it came to this connection's own connection to dockerd, and
