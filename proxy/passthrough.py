@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from .response_end import MalformedResponse, ResponseEnd
+from .response_end import MalformedResponse, ResponseEnd, header_value
 
 # (method, decoded path, asks to switch protocol) -> the proxy must see this request
 Intercepts = Callable[[str, str, bool], bool]
@@ -59,19 +59,15 @@ def plain_request(data: bytes) -> tuple[str, str, bool] | None:
         return None  # aiohttp's path adds the Host that dockerd needs
     if b"\r\ntransfer-encoding:" in headers or b"\r\nexpect:" in headers:
         return None  # a body follows
-    if (i := headers.find(b"\r\ncontent-length:")) >= 0 and _value(headers, i + 17) != b"0":
+    if (i := headers.find(b"\r\ncontent-length:")) >= 0 and header_value(headers, i + 17) != b"0":
         return None
     upgrade = False
     if b"\r\nupgrade:" in headers and (i := headers.find(b"\r\nconnection:")) >= 0:
-        upgrade = b"upgrade" in (t.strip() for t in _value(headers, i + 13).split(b","))
+        upgrade = b"upgrade" in (t.strip() for t in header_value(headers, i + 13).split(b","))
     path = parts[1].decode("latin-1").partition("?")[0]
     if "%" in path:
         path = unquote(path, encoding="latin-1")
     return parts[0].decode("latin-1"), path, upgrade
-
-
-def _value(headers: bytes, start: int) -> bytes:
-    return headers[start:headers.index(b"\r\n", start)].strip()
 
 
 class PassThroughServer(web.Server):

@@ -157,9 +157,9 @@ class ResponseEnd:
         headers = data[first:end + 2].lower()  # each header between a CRLF before and one after
         if (i := headers.find(b"\r\ntransfer-encoding:")) >= 0:
             # chunked last: chunked framing; any other coding: until close
-            self._state = _CHUNK_SIZE if _value(headers, i + 20).endswith(b"chunked") else _UNTIL_CLOSE
+            self._state = _CHUNK_SIZE if header_value(headers, i + 20).endswith(b"chunked") else _UNTIL_CLOSE
         elif (i := headers.find(b"\r\ncontent-length:")) >= 0:
-            value = _value(headers, i + 17)
+            value = header_value(headers, i + 17)
             try:
                 self._left = int(value)
             except ValueError:
@@ -169,5 +169,6 @@ class ResponseEnd:
             self._state = _UNTIL_CLOSE
 
 
-def _value(headers: bytes, start: int) -> bytes:
+def header_value(headers: bytes, start: int) -> bytes:
+    """The value that starts at start, in headers that end each line with CRLF."""
     return headers[start:headers.index(b"\r\n", start)].strip()
