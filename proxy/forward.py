@@ -82,7 +82,7 @@ class Upstream:
         return error(500, f"Cannot connect to the Docker daemon at {self.docker_host}: {exc}")
 
     # -- ordinary requests -------------------------------------------------
-    def _request(self, request: web.Request, body):
+    def _request(self, request: web.BaseRequest, body):
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         if body is not None:
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
@@ -96,7 +96,7 @@ class Upstream:
             data=data, allow_redirects=False, compress=None,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
 
-    async def forward(self, request: web.Request, body: bytes | None = None) -> web.StreamResponse:
+    async def forward(self, request: web.BaseRequest, body: bytes | None = None) -> web.StreamResponse:
         if body is None and not request.body_exists:
             return await self._forward_bodyless(request)
         try:
@@ -105,7 +105,7 @@ class Upstream:
         except aiohttp.ClientConnectorError as exc:
             return self.unreachable(exc)
 
-    async def _forward_bodyless(self, request: web.Request) -> web.StreamResponse:
+    async def _forward_bodyless(self, request: web.BaseRequest) -> web.StreamResponse:
         head = _request_head(request)
         for attempt in (1, 2):
             try:
@@ -147,7 +147,7 @@ class Upstream:
         _, conn = await loop.create_unix_connection(lambda: ResponseHandler(loop), self.path)
         return conn, False
 
-    async def call(self, request: web.Request, body: bytes | None = None) -> tuple[int, dict, bytes]:
+    async def call(self, request: web.BaseRequest, body: bytes | None = None) -> tuple[int, dict, bytes]:
         """Forward and read the whole (small) response, for the calls the proxy must look at."""
         async with self._request(request, body) as resp:
             data = await resp.read()
@@ -156,7 +156,7 @@ class Upstream:
             return resp.status, headers, data
 
     # -- hijacked streams ---------------------------------------------------
-    async def hijack(self, request: web.Request) -> web.StreamResponse:
+    async def hijack(self, request: web.BaseRequest) -> web.StreamResponse:
         body = await request.read()
         loop = asyncio.get_running_loop()
         try:
@@ -188,7 +188,7 @@ class Upstream:
         raise asyncio.CancelledError()  # the connection is no longer aiohttp's: it must write nothing
 
 
-def _request_head(request: web.Request, dropped: frozenset = HOP_BY_HOP_RAW, *extra: bytes) -> bytes:
+def _request_head(request: web.BaseRequest, dropped: frozenset = HOP_BY_HOP_RAW, *extra: bytes) -> bytes:
     """The client's request line and headers as received, less the dropped ones, plus extra."""
     lines = [b"%s %s HTTP/1.1" % (request.method.encode(), request.raw_path.encode())]
     lines += [k + b": " + v for k, v in request.raw_headers if k.lower() not in dropped]
@@ -198,7 +198,7 @@ def _request_head(request: web.Request, dropped: frozenset = HOP_BY_HOP_RAW, *ex
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-async def _relay_response(request: web.Request, status: int, reason: str, headers, content) -> web.StreamResponse:
+async def _relay_response(request: web.BaseRequest, status: int, reason: str, headers, content) -> web.StreamResponse:
     """Send dockerd's response on: headers at once, then each chunk as it arrives."""
     kept = [(k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"]
     length = headers.get("Content-Length")

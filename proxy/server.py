@@ -171,7 +171,7 @@ class DockerProxy:
             return error(exc.status, str(exc))
 
     # -- create ---------------------------------------------------------------
-    async def create(self, request: web.Request) -> web.StreamResponse:
+    async def create(self, request: web.BaseRequest) -> web.StreamResponse:
         raw = await request.read()
         try:
             body = json.loads(raw)
@@ -205,7 +205,7 @@ class DockerProxy:
         return await self.upstream.forward(request, json.dumps(new).encode())
 
     # -- start ----------------------------------------------------------------
-    async def start_container(self, request: web.Request, name: str) -> web.StreamResponse:
+    async def start_container(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
         try:
             info = await self.docker.inspect(name)
         except NoSuchContainer:
@@ -270,7 +270,7 @@ class DockerProxy:
                 await self.container_started(cid)
 
     # -- exec and inspect ---------------------------------------------------------
-    async def exec_create(self, request: web.Request, name: str) -> web.StreamResponse:
+    async def exec_create(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
         raw = await request.read()
         try:
             body = json.loads(raw)
@@ -285,7 +285,7 @@ class DockerProxy:
         body["Cmd"] = [create_rewrite.WAIT_PROGRAM] + cmd
         return await self.upstream.forward(request, json.dumps(body).encode())
 
-    async def inspect(self, request: web.Request) -> web.StreamResponse:
+    async def inspect(self, request: web.BaseRequest) -> web.StreamResponse:
         status, headers, data = await self.upstream.call(request)
         if status != 200:
             return web.Response(status=status, body=data, headers=headers)
@@ -320,7 +320,7 @@ def route(method: str, path: str, upgrade: bool, rewrite_inspect: bool) -> tuple
     return "forward", None
 
 
-def asks_upgrade(request: web.Request) -> bool:
+def asks_upgrade(request: web.BaseRequest) -> bool:
     """Any other protocol switch (BuildKit's /session and /grpc, attach over websocket) is taken over too."""
     connection = request.headers.get("Connection", "").lower()
     return "Upgrade" in request.headers and "upgrade" in (t.strip() for t in connection.split(","))

@@ -171,7 +171,6 @@ class Host:
         self.dockerd.send_signal(signal.SIGTERM)
         self.dockerd.wait(60)
 
-
     def load_image(self):
         tar = self.bed.image_tar()
         with open(tar, "rb") as f:
