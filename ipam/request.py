@@ -54,18 +54,22 @@ def parse_subnet(text: str, what: str = "subnet") -> ipaddress.IPv4Network:
     return net
 
 
-def parse_cidr(text: str) -> ipaddress.IPv4Interface:
-    """An address with its prefix length, e.g. 10.2.1.1/24."""
+def parse_cidr(text: str, token: str | None = None) -> ipaddress.IPv4Interface:
+    """An address with its prefix length, e.g. 10.2.1.1/24.  Errors name `token`, the word as typed."""
+    typed = text if token is None else token
+    if not text:
+        raise AddressError(f"invalid address '{typed}': an address with its prefix length is required, "
+                           f"e.g. ip:10.2.1.1/24")
     if "/" not in text:
-        raise AddressError(f"invalid address '{text}': a prefix length is required, e.g. {text}/24")
+        raise AddressError(f"invalid address '{typed}': a prefix length is required, e.g. {typed}/24")
     try:
         cidr = ipaddress.IPv4Interface(text)
     except ValueError as exc:
-        raise AddressError(f"invalid address '{text}': {_reason(exc)}") from None
+        raise AddressError(f"invalid address '{typed}': {_reason(exc)}") from None
     if cidr.network.prefixlen <= MAX_ALLOC_PREFIX and cidr.ip in (cidr.network.network_address,
                                                                  cidr.network.broadcast_address):
         kind = "network" if cidr.ip == cidr.network.network_address else "broadcast"
-        raise AddressError(f"invalid address '{text}': {cidr.ip} is the {kind} address of {cidr.network}")
+        raise AddressError(f"invalid address '{typed}': {cidr.ip} is the {kind} address of {cidr.network}")
     return cidr
 
 
@@ -82,7 +86,7 @@ def parse_request(token: str, default_subnet: ipaddress.IPv4Network | None) -> R
         check_allocatable(subnet, token)
         return AllocateIn(subnet)
     if token.startswith("ip:"):
-        return Claim(parse_cidr(token[3:]))
+        return Claim(parse_cidr(token[3:], token))
     if looks_like_cidr(token):
         return Claim(parse_cidr(token))
     raise AddressError(f"invalid address request '{token}': expected net:default, net:<subnet>, "

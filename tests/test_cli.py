@@ -27,6 +27,7 @@ def test_every_command_has_help(cmd):
     (["attach", "10.2.1.1", "c1"], "prefix length"),
     (["attach", "net:10.32.0.0/31", "c1"], "too small"),
     (["attach", "bogus", "c1"], "'bogus'"),
+    (["attach", "ip:", "c1"], "invalid address 'ip:'"),
     (["run", "net:foo", "busybox"], "net:foo"),
     (["launch", "--ipalloc-range", "10.32.0.1/12"], "not all zero"),
     (["launch", "--ipalloc-range", "10.32.0.0/12", "--ipalloc-default-subnet", "192.168.0.0/24"], "does not overlap"),

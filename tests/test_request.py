@@ -30,6 +30,9 @@ def test_net_cidr_and_claims():
     ("ip:300.1.1.1/24", ["300.1.1.1/24"]),
     ("foo", ["'foo'"]),
     ("", ["''"]),
+    ("ip:", ["'ip:'", "prefix length"]),
+    ("ip:10.2.1.1", ["'ip:10.2.1.1'", "ip:10.2.1.1/24"]),
+    ("net:", ["'net:'"]),
 ])
 def test_bad_requests_name_the_problem(token, words):
     with pytest.raises(AddressError) as info:
