@@ -59,14 +59,33 @@ def in_domain(name: str, domain: str) -> bool:
     return n == d or n.endswith("." + d)
 
 
+@dataclass(frozen=True)
+class View:
+    """What lookups see, replaced whole on every change (one assignment).
+
+    The name server answers from another thread: whoever takes `records.view`
+    once gets names, addresses and the generation of one and the same state,
+    so an answer can never be cached under a generation it does not belong to.
+    """
+    generation: int
+    by_name: dict[str, tuple[str, ...]]
+    by_addr: dict[str, str]
+
+    def lookup(self, name: str) -> list[str]:
+        """Addresses of every live entry under name (case-insensitive)."""
+        return list(self.by_name.get(fqdn(name).lower(), ()))
+
+    def reverse(self, addr: str) -> str | None:
+        """The (alphabetically first) live name for an address."""
+        return self.by_addr.get(addr)
+
+
 class Records:
     def __init__(self, peer: str, domain: str):
         self.peer = peer
         self.domain = fqdn(domain)
         self.entries: dict[Key, Entry] = {}
-        self.generation = 0  # bumped on every change: answer caches key on it
-        self._by_name: dict[str, list[str]] = {}
-        self._by_addr: dict[str, str] = {}
+        self.view = View(0, {}, {})
 
     # -- local changes (this peer is the origin) -----------------------------
     def add(self, container: str, addr: str, hostname: str) -> list[Entry]:
@@ -120,18 +139,20 @@ class Records:
             order = (e.hostname.lower(), e.origin, e.container)
             if e.addr not in by_addr or order < by_addr[e.addr][0]:
                 by_addr[e.addr] = (order, e.hostname)
-        self._by_name = by_name
-        self._by_addr = {a: h for a, (_, h) in by_addr.items()}
-        self.generation += 1
+        self.view = View(self.view.generation + 1, {n: tuple(a) for n, a in by_name.items()},
+                         {a: h for a, (_, h) in by_addr.items()})
 
     # -- lookups ---------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        """Bumped on every change."""
+        return self.view.generation
+
     def lookup(self, name: str) -> list[str]:
-        """Addresses of every live entry under name (case-insensitive)."""
-        return list(self._by_name.get(fqdn(name).lower(), ()))
+        return self.view.lookup(name)
 
     def reverse(self, addr: str) -> str | None:
-        """The (alphabetically first) live name for an address."""
-        return self._by_addr.get(addr)
+        return self.view.reverse(addr)
 
     def live(self) -> list[Entry]:
         return sorted((e for e in self.entries.values() if e.live),

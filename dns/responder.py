@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from dnslib import A, DNSError, DNSHeader, DNSRecord, PTR, QTYPE, RCODE, RR
 
-from .records import Records
+from .records import Records, View
 
 UDP_LIMIT = 512
 FAST_CACHE_MAX = 10000  # distinct query forms remembered between record changes
@@ -29,29 +29,51 @@ class Forward:
     tcp: bool
 
 
+class AnswerCache:
+    """Packed answers for one generation of the records, and nothing else.
+
+    Replaced whole when the records change; a query answered from an older
+    view (another thread got there first) writes to the old cache, which is
+    thrown away, so a stale answer can never outlive the change.
+    """
+
+    def __init__(self, generation: int):
+        self.generation = generation
+        self.answers: dict[tuple, tuple[bytes, list[bytes]]] = {}
+        # query bytes after the ID -> the reply after its ID (one record: nothing to shuffle),
+        # or (packed head, packed A records, size limit): a repeated query is never parsed
+        self.fast_udp: dict[bytes, object] = {}
+        self.fast_tcp: dict[bytes, object] = {}
+
+
 class Responder:
     def __init__(self, records: Records, ttl: int = 1):
         self.records = records
         self.ttl = ttl
-        self._cache: dict[tuple, tuple[bytes, list[bytes]]] = {}
-        # query bytes after the ID -> the reply after its ID (one record: nothing to shuffle),
-        # or (packed head, packed A records, size limit): a repeated query is never parsed
-        self._fast_udp: dict[bytes, object] = {}
-        self._fast_tcp: dict[bytes, object] = {}
-        self._cache_generation = -1
+        self._cache = AnswerCache(-1)
+
+    def _cache_for(self, view: View) -> AnswerCache:
+        cache = self._cache
+        if cache.generation != view.generation:
+            cache = AnswerCache(view.generation)
+            if view.generation > self._cache.generation:
+                self._cache = cache  # else: an older view than the cache's; fill a throw-away one
+        return cache
 
     # -- entry point ------------------------------------------------------
     def handle(self, data: bytes, tcp: bool = False):
         if type(data) is not bytes:
             data = bytes(data)  # a bytearray cannot be a cache key
-        if self._cache_generation == self.records.generation:
-            hit = (self._fast_tcp if tcp else self._fast_udp).get(data[2:])
+        view = self.records.view  # read once: names and generation from one state
+        cache = self._cache
+        if cache.generation == view.generation:
+            hit = (cache.fast_tcp if tcp else cache.fast_udp).get(data[2:])
             if hit is not None:
                 return data[:2] + hit if type(hit) is bytes else _assemble(data[:2], *hit)
-        out = self._dispatch(data, tcp)
+        out = self._dispatch(data, tcp, view)
         return bytes(out) if isinstance(out, bytearray) else out
 
-    def _dispatch(self, data: bytes, tcp: bool):
+    def _dispatch(self, data: bytes, tcp: bool, view: View):
         if len(data) < 12:
             return None
         try:
@@ -67,35 +89,31 @@ class Responder:
         lname = name.lower()
         domain = self.records.domain.lower()
         if lname == domain or lname.endswith("." + domain):
-            return self._local(query, name, data, limit)
+            return self._local(query, name, data, limit, view)
         if lname.endswith("." + REVERSE_ZONE) or lname == REVERSE_ZONE:
-            return self._reverse(query, lname, tcp)
+            return self._reverse(query, lname, tcp, view)
         if lname.count(".") == 1 and len(query.questions) == 1 and lname != ".":
-            return self._local(query, name, data, limit)  # a bare label: as if the domain were appended
+            return self._local(query, name, data, limit, view)  # a bare label: as if the domain were appended
         return Forward(query, tcp)
 
     # -- answers from our records ---------------------------------------------
-    def _local(self, query: DNSRecord, name: str, data: bytes, limit: int | None):
+    def _local(self, query: DNSRecord, name: str, data: bytes, limit: int | None, view: View):
         if len(query.questions) > 1:
             return self._reply(query, RCODE.NXDOMAIN, aa=False).pack()
         lookup = name if name.lower() != "." else "." + self.records.domain
         if lookup.count(".") == 1:
             lookup = lookup + self.records.domain
-        addrs = self.records.lookup(lookup)
+        addrs = view.lookup(lookup)
         if not addrs:
             return self._reply(query, RCODE.NXDOMAIN, aa=False).pack()
         if query.q.qtype != QTYPE.A:
             return self._reply(query, RCODE.NOERROR).pack()  # the name exists, not with that type
-        return self._cached_a_answer(query, name, addrs, data, limit)
+        return self._cached_a_answer(query, name, addrs, data, limit, self._cache_for(view))
 
-    def _cached_a_answer(self, query: DNSRecord, name: str, addrs, data: bytes, limit: int | None) -> bytes:
-        if self._cache_generation != self.records.generation:
-            self._cache.clear()
-            self._fast_udp.clear()
-            self._fast_tcp.clear()
-            self._cache_generation = self.records.generation
+    def _cached_a_answer(self, query: DNSRecord, name: str, addrs, data: bytes, limit: int | None,
+                         cache: AnswerCache) -> bytes:
         key = (name, query.q.qclass, query.header.rd, query.header.cd)
-        hit = self._cache.get(key)
+        hit = cache.answers.get(key)
         if hit is None:
             reply = self._reply(query, RCODE.NOERROR)
             for a in addrs:
@@ -106,15 +124,15 @@ class Responder:
             hit = (packed[:head_len], [body[i:i + A_RR_SIZE] for i in range(0, len(body), A_RR_SIZE)])
             if any(len(rr) != A_RR_SIZE or rr[:2] != b"\xc0\x0c" for rr in hit[1]):
                 return self._truncate(reply, limit)  # not the compact form we can re-use
-            self._cache[key] = hit
-        fast = self._fast_udp if limit is not None else self._fast_tcp
+            cache.answers[key] = hit
+        fast = cache.fast_udp if limit is not None else cache.fast_tcp
         if len(fast) >= FAST_CACHE_MAX:
             fast.clear()
         reply = _assemble(data[:2], hit[0], hit[1], limit)
         fast[data[2:]] = reply[2:] if len(hit[1]) == 1 else (hit[0], hit[1], limit)
         return reply
 
-    def _reverse(self, query: DNSRecord, lname: str, tcp: bool):
+    def _reverse(self, query: DNSRecord, lname: str, tcp: bool, view: View):
         if query.q.qtype != QTYPE.PTR or len(query.questions) > 1:
             return self._reply(query, RCODE.NXDOMAIN, aa=False).pack()
         octets = lname[: -len("." + REVERSE_ZONE)].split(".")
@@ -122,7 +140,7 @@ class Responder:
             addr = str(ipaddress.IPv4Address(".".join(reversed(octets))))
         except ValueError:
             return self._reply(query, RCODE.NXDOMAIN, aa=False).pack()
-        hostname = self.records.reverse(addr)
+        hostname = view.reverse(addr)
         if hostname is None:
             return Forward(query, tcp)
         reply = self._reply(query, RCODE.NOERROR)

@@ -96,3 +96,62 @@ def test_repeated_queries_served_from_cache_still_follow_ids_sizes_and_changes()
         assert len(tcp.rr) == 50 and not tcp.header.tc
     records.tombstone(now=5)
     assert ask(resp, "c1.weave.local")[1].header.rcode == RCODE.NXDOMAIN
+
+
+def answers(resp, name="c1.weave.local"):
+    return sorted(str(rr.rdata) for rr in ask(resp, name)[1].rr)
+
+
+def test_a_change_while_a_query_is_answered_never_leaves_a_stale_answer_cached():
+    """The UDP thread answers while the event loop changes records: a change landing between the
+    lookup and the caching of its answer must not keep the old answer alive."""
+    records = Records(ME, "weave.local")
+    records.add("c1", "10.32.0.1", "c1.weave.local")
+    resp = Responder(records)
+    assert answers(resp) == ["10.32.0.1"]
+
+    view = records.view
+    real_lookup = view.lookup
+
+    def lookup_then_change(name):  # the loop thread runs between the lookup and the cache fill
+        found = real_lookup(name)
+        records.tombstone(1, container="c1")
+        records.add("c2", "10.32.0.2", "c1.weave.local")
+        return found
+    object.__setattr__(view, "lookup", lookup_then_change)
+    ask(resp, "c1.weave.local", edns=1232)  # another query form, so it is not answered from the fast path
+    assert answers(resp) == ["10.32.0.2"]
+    assert answers(resp, "C1.weave.local") == ["10.32.0.2"]
+
+
+def test_answers_stay_current_under_concurrent_changes():
+    import sys
+    import threading
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show within a few rounds
+    records = Records(ME, "weave.local")
+    records.add("c0", "10.32.0.100", "c1.weave.local")
+    resp = Responder(records)
+    stop = threading.Event()
+    queries = [DNSRecord.question(n).pack() for n in ("c1.weave.local", "C1.weave.local", "c1")]
+
+    def hammer():
+        while not stop.is_set():
+            for q in queries:
+                resp.handle(q)
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(1, 300):
+            records.tombstone(i, container=f"c{i - 1}")
+            records.add(f"c{i}", f"10.32.{i // 250}.{i % 250 + 1}", "c1.weave.local")
+            expected = [f"10.32.{i // 250}.{i % 250 + 1}"]
+            for q in queries:
+                got = sorted(str(rr.rdata) for rr in DNSRecord.parse(resp.handle(q)).rr)
+                assert got == expected, f"round {i}: {got} after the change to {expected}"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        sys.setswitchinterval(interval)
