@@ -42,6 +42,8 @@ class Allocator:
         self.owned: dict[str, Owned] = {}
         self.by_addr: dict[int, str] = {}  # every recorded address -> ident
         self.dead: dict[str, float] = {}   # container ident -> time it died
+        # container ident -> addresses an explicit claim took from it while it was stopped
+        self.displaced: dict[str, list[ipaddress.IPv4Interface]] = {}
 
     # -- the ring -----------------------------------------------------------
     def establish_ring(self):
@@ -85,6 +87,12 @@ class Allocator:
         if holder == ident:
             self._record(ident, cidr, is_container)  # same address, maybe another prefix
             return
+        if holder is not None and holder in self.dead:
+            # Weave's 300: a stopped container's address goes to whoever names it explicitly.  The grace
+            # only keeps *automatic* allocation from handing it out while the container may restart.
+            self._hand_over(holder, addr)
+            self._record(ident, cidr, is_container)
+            return
         if holder is not None:
             raise AllocationError(f"address {cidr.ip} is already in use by {holder}")
         if self.in_universe(addr):
@@ -94,6 +102,21 @@ class Allocator:
                 raise AllocationError(f"address {cidr.ip} is owned by other peer {owner}")
             self.space.claim(addr)
         self._record(ident, cidr, is_container)
+
+    def _hand_over(self, holder: str, addr: int):
+        """Take addr from a stopped holder without freeing it (the claimant records it next)."""
+        owned = self.owned[holder]
+        lost = next(c for c in owned.cidrs if int(c.ip) == addr)
+        owned.cidrs.remove(lost)
+        self.displaced.setdefault(holder, []).append(lost)
+        if not owned.cidrs:
+            del self.owned[holder]
+            self.dead.pop(holder, None)
+        del self.by_addr[addr]
+
+    def take_displaced(self, ident: str) -> list[ipaddress.IPv4Interface]:
+        """The addresses claimed away from ident while it was stopped (asked once, when it starts again)."""
+        return self.displaced.pop(ident, [])
 
     def free(self, ident: str, addr: ipaddress.IPv4Address) -> ipaddress.IPv4Interface:
         owned = self.owned.get(ident)
@@ -138,17 +161,22 @@ class Allocator:
         self.dead.pop(ident, None)
 
     def container_destroyed(self, ident: str) -> list[ipaddress.IPv4Interface]:
+        self.displaced.pop(ident, None)
         owned = self.owned.get(ident)
         return self.free_all(ident) if owned and owned.is_container else []
 
     def remove_dead(self, now: float, grace: float = DEAD_CONTAINER_GRACE) -> dict[str, list]:
         """Free the addresses of containers that died more than `grace` seconds ago."""
         expired = [ident for ident, t in self.dead.items() if now - t >= grace]
+        for ident in expired:
+            self.displaced.pop(ident, None)
         return {ident: self.free_all(ident) for ident in expired}
 
     def prune(self, running: set[str]) -> dict[str, list]:
         """Free container addresses whose container no longer runs (it went while we were down)."""
         gone = [ident for ident, o in self.owned.items() if o.is_container and ident not in running]
+        for ident in [i for i in self.displaced if i not in running]:
+            del self.displaced[ident]
         return {ident: self.free_all(ident) for ident in gone}
 
     # -- status -----------------------------------------------------------

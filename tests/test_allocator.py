@@ -117,3 +117,43 @@ def test_snapshot_of_another_peer_or_range_is_discarded():
 def test_default_subnet_must_overlap_range():
     with pytest.raises(AddressError, match="does not overlap"):
         Allocator(PEER, UNIVERSE, ip.IPv4Network("192.168.0.0/24"))
+
+
+def test_explicit_claim_takes_a_stopped_containers_address_at_once():
+    """Weave's 300: after `docker stop c2`, c3 may claim c2's address without waiting for the grace."""
+    a = alloc()
+    outside = ip.IPv4Interface("10.2.1.44/24")
+    a.claim("c2", outside, True)
+    inside = a.allocate("c2", DEFAULT, True)
+    a.container_died("c2", now=100.0)
+    a.claim("c3", outside, True)                      # outside the range
+    a.claim("c4", ip.IPv4Interface(f"{inside.ip}/12"), True)  # inside it
+    assert a.addresses("c3") == [outside] and a.addresses("c4")[0].ip == inside.ip
+    assert a.addresses("c2") == []
+    assert sorted(map(str, a.take_displaced("c2"))) == sorted([str(outside), str(inside)])
+    assert a.take_displaced("c2") == []               # told once
+    # the address is not freed in between: automatic allocation never hands it out
+    assert a.allocate("c5", DEFAULT, True).ip != inside.ip
+    # and nothing expires later that would free c3's or c4's address
+    assert a.remove_dead(now=1000.0) == {}
+    assert a.addresses("c3") == [outside] and a.addresses("c4")[0].ip == inside.ip
+
+
+def test_automatic_allocation_still_waits_for_a_dead_containers_grace():
+    a = alloc()
+    first = a.allocate("c1", SUB24, True)
+    a.container_died("c1", now=0.0)
+    assert a.allocate("c2", SUB24, True) != first
+    a.remove_dead(now=30.0)
+    assert a.allocate("c3", SUB24, True) == first
+
+
+def test_explicit_claim_of_a_running_containers_address_is_still_refused():
+    a = alloc()
+    a.claim("c2", ip.IPv4Interface("10.2.1.44/24"), True)
+    with pytest.raises(AllocationError, match="already in use by c2"):
+        a.claim("c3", ip.IPv4Interface("10.2.1.44/24"), True)
+    a.container_died("c2", now=0.0)
+    a.container_started("c2")
+    with pytest.raises(AllocationError, match="already in use by c2"):
+        a.claim("c3", ip.IPv4Interface("10.2.1.44/24"), True)

@@ -220,3 +220,30 @@ def test_no_restart_means_no_restart(h):
     r = h.weavepy("status", check=False)
     assert r.returncode == 1 and "not running" in r.stderr
     assert h.weavepy("launch").returncode == 0  # a stale PID file does not block a new launch
+
+
+def test_weave_300_a_stopped_containers_explicit_address_is_free_for_an_explicit_claim(h):
+    h.weavepy("run", "10.2.1.44/24", "-t", "--name", "c2", "busybox", "sh")
+    auto = h.weavepy("run", "-t", "--name", "c4", "busybox", "sh") and h.ethwe("c4")[0]
+    h.docker("stop", "-t", "1", "c2", "c4")
+    h.docker("run", "-dt", "--name", "c3", "busybox", "sh")
+    assert h.weavepy("attach", "10.2.1.44/24", "c3").stdout.strip() == "10.2.1.44"
+    assert h.ethwe("c3") == ["10.2.1.44/24"]
+    h.docker("run", "-dt", "--name", "c6", "busybox", "sh")
+    assert h.weavepy("attach", f"ip:{auto}", "c6").stdout.strip() == auto.split("/")[0]
+    # the old holders start again: c4 (in the range) gets a new address, c2 (outside it) none
+    h.docker("start", "c4", "c2")
+    assert wait_for(lambda: h.ethwe("c4") not in ([], [auto]))
+    assert h.ethwe("c4")[0].endswith("/12") and h.ethwe("c4") != [auto]
+    assert h.ethwe("c2") == []
+    assert h.ethwe("c3") == ["10.2.1.44/24"] and h.ethwe("c6") == [auto]
+    addrs = sum(owned(h).values(), [])
+    assert len(addrs) == len(set(addrs))
+
+
+def test_weave_130_hiding_twice_succeeds_silently(h):
+    assert h.weavepy("expose", "10.2.2.101/24").stdout.strip() == "10.2.2.101"
+    assert h.weavepy("hide", "10.2.2.101/24").stdout.strip() == "10.2.2.101"
+    again = h.weavepy("hide", "10.2.2.101/24", check=False)
+    assert again.returncode == 0 and again.stdout.strip() == "" and again.stderr == ""
+    assert "10.2.2.101" not in h.run("ip -4 addr show weave").stdout

@@ -211,7 +211,8 @@ class HostNetwork:
             fqdn = f"{fqdn}.{cfg['Domainname']}"
         hosts_file.rewrite(path, fqdn, [c.ip for c in self.allocator.addresses(info["Id"])], extra_hosts)
 
-    def _select(self, ident: str, tokens: list[str]) -> list[ipaddress.IPv4Interface]:
+    def _select(self, ident: str, tokens: list[str], strict: bool = True) -> list[ipaddress.IPv4Interface]:
+        """The addresses of ident that tokens name; a token naming none is an error when strict."""
         owned = self.allocator.addresses(ident)
         if not tokens:
             return owned
@@ -225,7 +226,7 @@ class HostNetwork:
                 match = self.allocator.addresses_in(ident, req.subnet)
             else:
                 match = [c for c in owned if c.ip == req.cidr.ip]
-            if not match:
+            if not match and strict:
                 raise UserError(f"no address matching {token} is attached")
             chosen += [c for c in match if c not in chosen]
         return chosen
@@ -300,7 +301,8 @@ class HostNetwork:
 
     async def hide(self, tokens: list[str]) -> list[ipaddress.IPv4Interface]:
         async with self.lock:
-            chosen = self._select(EXPOSE_IDENT, tokens) if self.allocator.addresses(EXPOSE_IDENT) else []
+            # Weave's 130: hiding what is not exposed (again) is not an error
+            chosen = self._select(EXPOSE_IDENT, tokens, strict=False)
             for cidr in chosen:
                 self.allocator.free(EXPOSE_IDENT, cidr.ip)
                 self._unregister(EXPOSE_IDENT, str(cidr.ip))
@@ -345,13 +347,30 @@ class HostNetwork:
         return running
 
     async def _reattach(self, cid: str):
-        """Give a (re)started container back its addresses, as it was attached before."""
+        """Give a (re)started container back its addresses, as it was attached before.
+
+        An address claimed away while it was stopped (Weave's 300) is replaced by a new one from the
+        same subnet when that subnet is in the allocation range; otherwise it is left off, and logged.
+        """
+        if not self.allocator.addresses(cid) and cid not in self.allocator.displaced:
+            return
         async with self.lock:
-            cidrs = self.allocator.addresses(cid)
-            if not cidrs:
-                return
             info = await self._info_if_running(cid)
             if info is None:
+                return
+            for lost in self.allocator.take_displaced(cid):
+                holder = self.allocator.by_addr.get(int(lost.ip), "another container")
+                try:
+                    new = self.allocator.allocate(cid, lost.network, is_container=True)
+                except (AllocationError, AddressError) as exc:
+                    log.error("container %s restarted, but its address %s was claimed by %s while it was "
+                              "stopped, and no other address could be given (%s)", cid[:12], lost, holder[:12], exc)
+                    continue
+                log.warning("container %s restarted; its address %s was claimed by %s while it was stopped, "
+                            "so it gets %s instead", cid[:12], lost, holder[:12], new)
+                self.persist()
+            cidrs = self.allocator.addresses(cid)
+            if not cidrs:
                 return
             rec = self.records.get(cid, {})
             pid = info["State"]["Pid"]
@@ -373,8 +392,7 @@ class HostNetwork:
             return
         if action == "start":
             self.allocator.container_started(cid)
-            if self.allocator.addresses(cid):
-                await self._reattach(cid)
+            await self._reattach(cid)
         elif action == "die":
             self.allocator.container_died(cid, time.monotonic())
             self._unregister(cid)
