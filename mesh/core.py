@@ -31,11 +31,70 @@ CONTRACT (the driver is written against it):
 
 Actions: Send(conn_id, tag, payload), Close(conn_id, reason), PeerGone(name),
 TopologyChanged().  conn_id is whatever hashable the driver uses.
+
+How the contract is filled in, and what was added:
+
+- `remote_addr` must be "ip:port" (ValueError otherwise: a driver bug).
+- The core answers PROBE itself (with PROBE_REPLY, same nonce): the driver
+  passes tags GOSSIP, GOSSIP_UNICAST, GOSSIP_BROADCAST, PROBE, PROBE_REPLY
+  and CLASH to receive() and nothing else of the core's concern.
+- Restart or clash.  A handshake from a name we already have a connection to,
+  with a *different* UID, is either that peer restarted (the old TCP
+  connection is dead but not yet noticed) or a clone.  add_connection returns
+  None and holds the new connection aside (not in the topology; what arrives
+  on it is kept, up to 64 messages, and replayed), and queues
+  Send(old, PROBE, nonce).  A PROBE_REPLY on the old connection within
+  PROBE_TIMEOUT (2 s, decided in receive()) proves two live routers share the
+  name: the new connection gets Send(CLASH) then Close(clash message), the old
+  one Send(CLASH), and a Clash is recorded.  No reply by then (tick()) or the
+  old connection ending: the old one is closed and the new one registered.
+- `is_clash(reason)`: a Goodbye reason that is a name clash (never retry).
+- `status()` -> Weave's report Router fields: Peers, UnicastRoutes, BroadcastRoutes.
+- `connections` -> {conn_id: Connection}; `stats` -> Counter of dropped input
+  ("malformed", "unroutable", "looped", "held_overflow", ...).
+- `pause_sending(conn_id)` / `resume_sending(conn_id)`: optional
+  back-pressure.  While paused, gossip for that connection is merged into
+  one pending value per channel instead of becoming Send actions (asyncio's
+  pause_writing/resume_writing map onto these).
+- `MeshCore(..., rng=random.Random(seed))` for reproducible simulations.
+- Topology changes are flushed TOPOLOGY_FLUSH_DELAY (0.1 s, Weave: 1 s) after
+  they happen; improved entries heard from others are relayed at once.
 """
 from __future__ import annotations
 
+import json
+import random
+from collections import Counter
 from dataclasses import dataclass
 from typing import Hashable
+
+from . import wire
+from .actions import Close, PeerGone, Send, TopologyChanged
+from .gossip import GOSSIP_INTERVAL, Gossiper, GossipChannel, GossipRouter
+from .routes import Routes
+from .topology import PeerInfo, Topology, TopologyUpdate, decode_peers, valid_address
+
+__all__ = ["MeshCore", "RemotePeer", "Connection", "Clash", "Send", "Close", "PeerGone",
+           "TopologyChanged", "is_clash", "clash_message"]
+
+TOPOLOGY_CHANNEL = "topology"
+PROBE_TIMEOUT = 2.0            # a live peer answers over a working TCP connection well within this
+TOPOLOGY_FLUSH_DELAY = 0.1     # coalesce a burst of local changes; Weave waits 1 s (deferTopologyUpdateDuration)
+HELD_MESSAGES = 64             # kept from a connection held aside while its peer is probed
+KEPT_CLASHES = 16              # clash reports remembered (peers can send any number)
+CLASH_REPORT_SIZE = 4096       # a CLASH message is one short JSON object
+# A clone on the other side of the mesh shows up as gossip about us with a
+# foreign UID that keeps overtaking the version we took beyond it.  A dead
+# run of us can do that only with updates still in flight, which settle in
+# well under this long; a live clone answers every bump, indefinitely.
+CLONE_OVERTAKES = 10
+CLONE_SPAN = 10.0
+NO_PEER = "00:00:00:00:00:00"  # what Weave's status shows as the route to ourselves
+
+CLASH_PREFIX = "peer name collision"
+_REGENERATE = ("the hosts were probably cloned with the same /etc/machine-id. On one of them run: "
+               "rm -f /etc/machine-id /var/lib/dbus/machine-id && systemd-machine-id-setup "
+               "&& weavepy reset && weavepy launch <its usual arguments>")
 
 
 @dataclass(frozen=True)
@@ -47,33 +106,397 @@ class RemotePeer:
 
 
 @dataclass(frozen=True)
-class Send:
-    conn_id: Hashable
-    tag: int
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class Close:
-    conn_id: Hashable
-    reason: str
-
-
-@dataclass(frozen=True)
-class PeerGone:
-    """A peer was garbage-collected from the topology: overlays drop its kernel state."""
-    name: str
-
-
-@dataclass(frozen=True)
-class TopologyChanged:
-    pass
-
-
-@dataclass(frozen=True)
 class Clash:
     """Two live routers share one peer name (cloned VMs)."""
     name: str
     nicknames: tuple[str, str]
     address: str          # where the other clone was seen (ip:port), as far as we know
     message: str          # the full text users see; names machine-id and how to regenerate it
+
+
+@dataclass
+class Connection:
+    conn_id: Hashable
+    remote: RemotePeer
+    outbound: bool
+    remote_addr: str
+    conn_uid: int
+    established: bool = False
+
+
+@dataclass
+class _Probe:
+    """A connection held aside until the old connection to the same name answers, or does not."""
+    new: Connection
+    old_id: Hashable
+    nonce: bytes
+    deadline: float
+    held: list[tuple[int, bytes]]
+
+
+def _who(label: str, name: str, nickname: str, address: str = "") -> str:
+    where = f" at {address}" if address else ""
+    return f'{label}"{name}({nickname})"{where}'
+
+
+def clash_message(first: str, second: str, context: str = "") -> str:
+    """One line: who clashes (from _who), where it was seen, what to do about it."""
+    return f"{CLASH_PREFIX}: {first} and {second}{context} have the same peer name; {_REGENERATE}"
+
+
+def is_clash(reason: str) -> bool:
+    """A Goodbye reason or refusal that means "never retry this target"."""
+    return reason.startswith(CLASH_PREFIX)
+
+
+class _TopologyGossiper:
+    """Channel "topology": the topology merged like any other gossip (mesh/router.go OnGossip*)."""
+
+    def __init__(self, core: "MeshCore"):
+        self._core = core
+
+    def on_unicast(self, src: str, data: bytes) -> None:
+        pass   # nobody unicasts topology
+
+    def on_broadcast(self, src: str, data: bytes) -> TopologyUpdate | None:
+        return self.on_gossip(data)
+
+    def gossip(self) -> TopologyUpdate:
+        return TopologyUpdate(self._core.topology, self._core.topology.peers)
+
+    def on_gossip(self, data: bytes) -> TopologyUpdate | None:
+        return self._core._merge_topology(decode_peers(data))
+
+
+class MeshCore:
+    def __init__(self, name: str, nickname: str, uid: int, conn_limit: int = 200,
+                 *, rng: random.Random | None = None):
+        self.ourself = self.name = name
+        self.nickname = nickname
+        self.uid = uid
+        self.conn_limit = conn_limit          # 0: unlimited, as --conn-limit
+        self.topology = Topology(name, nickname, uid)
+        self.stats: Counter = Counter()
+        self.clashes: list[Clash] = []
+        self._rng = rng or random.Random()
+        self._connections: dict[Hashable, Connection] = {}
+        self._by_name: dict[str, Hashable] = {}
+        self._probes: dict[Hashable, _Probe] = {}
+        self._actions: list = []
+        self._changed = False
+        self._routes: Routes | None = None
+        self._now = 0.0
+        self._flush_names: set[str] = set()
+        self._flush_at: float | None = None
+        self._next_gossip: float | None = None
+        self._overtaken: dict[int, tuple[float, int]] = {}   # foreign UID -> (first overtake, count)
+        self._gossip = GossipRouter(self, self._rng, self._actions.append, self.stats, lambda: self._now)
+        self._gossip.channel(TOPOLOGY_CHANNEL, _TopologyGossiper(self))
+
+    # -- what status and the driver read -------------------------------------
+
+    @property
+    def peers(self) -> dict[str, PeerInfo]:
+        return self.topology.peers
+
+    @property
+    def routes(self) -> Routes:
+        if self._routes is None:
+            self._routes = Routes(self.topology.peers, self.name)
+        return self._routes
+
+    @property
+    def connections(self) -> dict[Hashable, Connection]:
+        return self._connections
+
+    def connection_to(self, name: str) -> Hashable | None:
+        return self._by_name.get(name)
+
+    def channel(self, name: str, gossiper: Gossiper) -> GossipChannel:
+        return self._gossip.channel(name, gossiper)
+
+    # -- connections -----------------------------------------------------------
+
+    def add_connection(self, conn_id: Hashable, remote: RemotePeer, outbound: bool, remote_addr: str,
+                       conn_uid: int, now: float) -> str | None:
+        self._advance(now)
+        if conn_id in self._connections or conn_id in self._probes:
+            raise ValueError(f"connection {conn_id!r} added twice")
+        if not valid_address(remote_addr):
+            raise ValueError(f"remote address {remote_addr!r} is not ip:port")
+        if len(remote.nickname.encode("utf-8")) > 255:
+            return "nickname longer than 255 bytes"   # the topology's limit
+        if remote.uid == 0:
+            return "peer UID 0 is reserved for placeholders"
+        if remote.name == self.name:
+            if remote.uid == self.uid:
+                return "cannot connect to ourself"
+            message = clash_message(_who("local ", self.name, self.nickname),
+                                    _who("remote ", remote.name, remote.nickname, remote_addr))
+            self._record(Clash(self.name, (self.nickname, remote.nickname), remote_addr, message))
+            return message
+        conn = Connection(conn_id, remote, outbound, remote_addr, conn_uid)
+        if any(p.new.remote.name == remote.name for p in self._probes.values()):
+            return f"connection to {_who('', remote.name, remote.nickname)} refused: an earlier one is being checked"
+        existing_id = self._by_name.get(remote.name)
+        if existing_id is not None:
+            existing = self._connections[existing_id]
+            if existing.remote.uid != remote.uid:
+                self._start_probe(conn, existing)
+                return None
+            if (refusal := self._break_tie(conn, existing)) is not None:
+                return refusal
+        if self.conn_limit > 0 and len(self._connections) + len(self._probes) >= self.conn_limit:
+            return f"Connection limit reached ({self.conn_limit})"
+        self._register(conn)
+        return None
+
+    def _break_tie(self, new: Connection, old: Connection) -> str | None:
+        """Both ends dialled at once: the lower connection UID wins, the same on both ends (mesh/local_peer.go)."""
+        reason = (f"Multiple connections to {_who('', new.remote.name, new.remote.nickname)} "
+                  f"added to {_who('', self.name, self.nickname)}")
+        if new.conn_uid <= old.conn_uid:
+            self._close(old.conn_id, reason)
+        return None if new.conn_uid < old.conn_uid else reason   # equal: both go
+
+    def _register(self, conn: Connection) -> None:
+        name = conn.remote.name
+        known = self.peers.get(name)
+        restarted = known is not None and not known.placeholder and known.uid != conn.remote.uid
+        fresh = restarted or name not in self.routes.unicast_all
+        self._connections[conn.conn_id] = conn
+        self._by_name[name] = conn.conn_id
+        self.topology.add_local_connection(name, conn.remote.nickname, conn.remote.uid,
+                                           conn.remote_addr, conn.outbound)
+        if conn.established:
+            self.topology.set_local_established(name)
+        self._topology_changed({name, self.name})
+        if fresh:
+            self._gossip.send_all_down(conn.conn_id)
+
+    def connection_established(self, conn_id: Hashable, now: float) -> None:
+        self._advance(now)
+        if conn_id in self._probes:
+            self._probes[conn_id].new.established = True
+            return
+        conn = self._connections.get(conn_id)
+        if conn is None or conn.established:
+            return
+        conn.established = True
+        self.topology.set_local_established(conn.remote.name)
+        self._topology_changed({self.name})
+
+    def connection_lost(self, conn_id: Hashable, now: float) -> None:
+        self._advance(now)
+        if self._probes.pop(conn_id, None) is None and conn_id in self._connections:
+            self._remove(conn_id)
+
+    def _close(self, conn_id: Hashable, reason: str) -> None:
+        self._actions.append(Close(conn_id, reason))
+        self._remove(conn_id)
+
+    def _remove(self, conn_id: Hashable) -> None:
+        conn = self._connections.pop(conn_id)
+        del self._by_name[conn.remote.name]
+        self.topology.remove_local_connection(conn.remote.name)
+        self._gossip.connection_gone(conn_id)
+        self._collect_garbage()
+        self._topology_changed({self.name})
+        for probe in [p for p in self._probes.values() if p.old_id == conn_id]:
+            self._promote(probe)
+
+    # -- restart or clash --------------------------------------------------------
+
+    def _start_probe(self, new: Connection, old: Connection) -> None:
+        nonce = self._rng.getrandbits(64).to_bytes(8, "big")
+        self._probes[new.conn_id] = _Probe(new, old.conn_id, nonce, self._now + PROBE_TIMEOUT, [])
+        self._actions.append(Send(old.conn_id, wire.PROBE, nonce))
+
+    def _promote(self, probe: _Probe) -> None:
+        """The old connection is gone: the held one is the peer's new run."""
+        del self._probes[probe.new.conn_id]
+        self._register(probe.new)
+        for tag, payload in probe.held:
+            if probe.new.conn_id in self._connections:
+                self._dispatch(probe.new.conn_id, tag, payload)
+
+    def _probe_answered(self, conn_id: Hashable, nonce: bytes) -> None:
+        probe = next((p for p in self._probes.values() if p.old_id == conn_id and p.nonce == nonce), None)
+        if probe is None:
+            self.stats["stray_probe_reply"] += 1
+            return
+        del self._probes[probe.new.conn_id]
+        old, new = self._connections[conn_id], probe.new
+        message = clash_message(_who("", old.remote.name, old.remote.nickname, old.remote_addr),
+                                _who("", new.remote.name, new.remote.nickname, new.remote_addr),
+                                f", both connected to {_who('', self.name, self.nickname)},")
+        self._record(Clash(new.remote.name, (old.remote.nickname, new.remote.nickname), new.remote_addr, message))
+        for told, other in ((old, new), (new, old)):
+            report = {"name": told.remote.name, "nicknames": [told.remote.nickname, other.remote.nickname],
+                      "address": other.remote_addr, "message": message}
+            self._actions.append(Send(told.conn_id, wire.CLASH, json.dumps(report).encode()))
+        self._actions.append(Close(new.conn_id, message))
+
+    def _clash_reported(self, payload: bytes) -> None:
+        """A third peer saw another live router with our name (a CLASH message)."""
+        if len(payload) > CLASH_REPORT_SIZE:
+            raise wire.ProtocolError("clash report too long")
+        try:
+            report = json.loads(payload)
+        except (ValueError, RecursionError):
+            raise wire.ProtocolError("clash report is not JSON") from None
+        if not isinstance(report, dict):
+            raise wire.ProtocolError("clash report is not an object")
+        name, nicknames = report.get("name"), report.get("nicknames")
+        address, message = report.get("address"), report.get("message")
+        if (name != self.name or not isinstance(nicknames, list) or len(nicknames) != 2
+                or not all(isinstance(n, str) for n in nicknames) or not isinstance(address, str)
+                or not isinstance(message, str) or not is_clash(message)):
+            raise wire.ProtocolError("clash report without our name, two nicknames, an address and a message")
+        self._record(Clash(name, (nicknames[0], nicknames[1]), address, message))
+
+    def _watch_clones(self, entries: list[PeerInfo]) -> None:
+        for entry in entries:
+            first, count = self._overtaken.get(entry.uid, (self._now, 0))
+            self._overtaken[entry.uid] = (first, count + 1)
+            if count + 1 >= CLONE_OVERTAKES and self._now - first >= CLONE_SPAN:
+                self.topology.clone_uids.add(entry.uid)
+                address = self._clone_address()
+                message = clash_message(_who("local ", self.name, self.nickname),
+                                        _who("remote ", entry.name, entry.nickname, address),
+                                        " (seen in gossip)")
+                self._record(Clash(self.name, (self.nickname, entry.nickname), address, message))
+        while len(self._overtaken) > KEPT_CLASHES:
+            del self._overtaken[next(iter(self._overtaken))]
+
+    def _clone_address(self) -> str:
+        """A peer we are not connected to that lists a connection to our name is connected to the clone."""
+        for name, peer in sorted(self.peers.items()):
+            conn = peer.connections.get(self.name)
+            if conn is not None and name not in self._by_name:
+                return conn.address
+        return ""
+
+    def _record(self, clash: Clash) -> None:
+        if clash not in self.clashes:
+            self.clashes = (self.clashes + [clash])[-KEPT_CLASHES:]
+
+    # -- messages ----------------------------------------------------------------
+
+    def receive(self, conn_id: Hashable, tag: int, payload: bytes, now: float) -> None:
+        self._advance(now)
+        if tag == wire.PROBE and (conn_id in self._connections or conn_id in self._probes):
+            if len(payload) == 8:
+                self._actions.append(Send(conn_id, wire.PROBE_REPLY, payload))
+            else:
+                self.stats["malformed"] += 1
+        elif (probe := self._probes.get(conn_id)) is not None:
+            if len(probe.held) < HELD_MESSAGES:
+                probe.held.append((tag, payload))
+            else:
+                self.stats["held_overflow"] += 1
+        elif conn_id in self._connections:
+            self._dispatch(conn_id, tag, payload)
+        else:
+            self.stats["unknown_connection"] += 1
+
+    def _dispatch(self, conn_id: Hashable, tag: int, payload: bytes) -> None:
+        try:
+            if tag == wire.PROBE_REPLY:
+                self._probe_answered(conn_id, payload)
+            elif tag == wire.CLASH:
+                self._clash_reported(payload)
+            elif tag in (wire.GOSSIP, wire.GOSSIP_UNICAST, wire.GOSSIP_BROADCAST):
+                self._gossip.receive(conn_id, self._connections[conn_id].remote.name, tag, payload)
+            else:
+                self.stats["unknown_tag"] += 1
+        except wire.ProtocolError:
+            self.stats["malformed"] += 1
+
+    def _merge_topology(self, update: list[PeerInfo]) -> TopologyUpdate | None:
+        merged = self.topology.apply_update(update)
+        gone = self._collect_garbage()
+        if merged.ourself_bumped:
+            self._defer_flush({self.name})   # our entry must now supersede the one we heard
+        self._watch_clones(merged.overtaken_by)
+        improved = merged.improved - set(gone)
+        if improved or merged.ourself_bumped:
+            self._routes = None
+            self._changed = True
+        return TopologyUpdate(self.topology, improved) if improved else None
+
+    def _collect_garbage(self) -> list[str]:
+        gone = self.topology.garbage_collect()
+        if gone:
+            self._actions.extend(PeerGone(name) for name in gone)
+            self._routes = None
+            self._changed = True
+        return gone
+
+    def _topology_changed(self, names: set[str]) -> None:
+        self._routes = None
+        self._changed = True
+        self._defer_flush(names)
+
+    def _defer_flush(self, names: set[str]) -> None:
+        self._flush_names |= names
+        if self._flush_at is None:
+            self._flush_at = self._now + TOPOLOGY_FLUSH_DELAY
+
+    # -- time ----------------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        self._now = now
+        if self._next_gossip is None:
+            self._next_gossip = now + GOSSIP_INTERVAL
+
+    def tick(self, now: float) -> None:
+        self._advance(now)
+        for probe in [p for p in self._probes.values() if p.deadline <= now]:
+            old = self._connections[probe.old_id]
+            self._close(probe.old_id, f"{_who('', old.remote.name, old.remote.nickname)} did not answer on this "
+                                      "connection: it restarted, and its new connection replaces this one")
+        if self._flush_at is not None and now >= self._flush_at:
+            names, self._flush_names, self._flush_at = self._flush_names | {self.name}, set(), None
+            self._gossip.gossip_to_neighbours(TOPOLOGY_CHANNEL, TopologyUpdate(self.topology, names))
+        if self._next_gossip is not None and now >= self._next_gossip:
+            self._next_gossip = now + GOSSIP_INTERVAL
+            self._gossip.gossip_periodic()
+
+    def next_deadline(self) -> float | None:
+        times = [t for t in (self._flush_at, self._next_gossip) if t is not None]
+        times += [p.deadline for p in self._probes.values()]
+        return min(times, default=None)
+
+    def drain(self) -> list:
+        actions = list(self._actions)
+        self._actions.clear()
+        if self._changed:
+            actions.append(TopologyChanged())
+            self._changed = False
+        return actions + self._gossip.take_sends()
+
+    def pause_sending(self, conn_id: Hashable) -> None:
+        self._gossip.pause(conn_id)
+
+    def resume_sending(self, conn_id: Hashable) -> None:
+        self._gossip.resume(conn_id)
+
+    # -- status --------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """The Router section of Weave's report, less Connections and Targets (the driver's)."""
+        def nickname(name: str) -> str:
+            peer = self.peers.get(name)
+            return peer.nickname if peer is not None else ""
+
+        peers = [{"Name": p.name, "NickName": p.nickname, "UID": p.uid, "Version": p.version,
+                  "Connections": [{"Name": r, "NickName": nickname(r), "Address": c.address,
+                                   "Outbound": c.outbound, "Established": c.established}
+                                  for r, c in sorted(p.connections.items())]}
+                 for _, p in sorted(self.peers.items())]
+        routes = self.routes
+        unicast = [{"Dest": self.name, "Via": NO_PEER}]
+        unicast += [{"Dest": dest, "Via": via} for dest, via in sorted(routes.unicast.items())]
+        broadcast = [{"Source": src, "Via": hops} for src, hops in routes.computed_broadcasts().items()]
+        return {"Peers": peers, "UnicastRoutes": unicast, "BroadcastRoutes": broadcast}
