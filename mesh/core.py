@@ -56,6 +56,10 @@ How the contract is filled in, and what was added:
   back-pressure.  While paused, gossip for that connection is merged into
   one pending value per channel instead of becoming Send actions (asyncio's
   pause_writing/resume_writing map onto these).
+- `core.on_queued`: set it to a callable (e.g. one scheduling a drain with
+  loop.call_soon); it is called when a service's channel call queued
+  something outside any core call, since the driver cannot see those.  It is
+  called once until the next drain().
 - `MeshCore(..., rng=random.Random(seed))` for reproducible simulations.
 - Topology changes are flushed TOPOLOGY_FLUSH_DELAY (0.1 s, Weave: 1 s) after
   they happen; improved entries heard from others are relayed at once.
@@ -66,7 +70,7 @@ import json
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Callable, Hashable
 
 from . import wire
 from .actions import Close, PeerGone, Send, TopologyChanged
@@ -190,7 +194,10 @@ class MeshCore:
         self._flush_at: float | None = None
         self._next_gossip: float | None = None
         self._overtaken: dict[int, tuple[float, int]] = {}   # foreign UID -> (first overtake, count)
-        self._gossip = GossipRouter(self, self._rng, self._actions.append, self.stats, lambda: self._now)
+        self.on_queued: Callable[[], None] | None = None
+        self._woken = False
+        self._gossip = GossipRouter(self, self._rng, self._actions.append, self.stats, lambda: self._now,
+                                    self._wake)
         self._gossip.channel(TOPOLOGY_CHANNEL, _TopologyGossiper(self))
 
     # -- what status and the driver read -------------------------------------
@@ -468,7 +475,13 @@ class MeshCore:
         times += [p.deadline for p in self._probes.values()]
         return min(times, default=None)
 
+    def _wake(self) -> None:
+        if self.on_queued is not None and not self._woken:
+            self._woken = True
+            self.on_queued()
+
     def drain(self) -> list:
+        self._woken = False
         actions = list(self._actions)
         self._actions.clear()
         if self._changed:

@@ -179,14 +179,17 @@ class GossipChannel:
     def unicast(self, dst: str, data: bytes) -> None:
         """Send bytes to one peer, hop by hop over all links.  Raises NoRoute."""
         self._router.send_unicast(encode_unicast(self.name, self._router.ourself, dst, data), dst)
+        self._router.wake()
 
     def broadcast(self, data: GossipData) -> None:
         """To every peer, along our broadcast tree over all links."""
         self._router.relay_broadcast(self.name, self._router.ourself, data)
+        self._router.wake()
 
     def gossip_neighbours(self, data: GossipData) -> None:
         """To a few random neighbours, who pass on what is new to them."""
         self._router.gossip_to_neighbours(self.name, data)
+        self._router.wake()
 
 
 @dataclass
@@ -204,8 +207,9 @@ def _merge_into(slots: dict, key, data: GossipData) -> None:
 
 class GossipRouter:
     def __init__(self, links: Links, rng: random.Random, emit: Callable[[Send], None],
-                 stats: Counter, clock: Callable[[], float]):
+                 stats: Counter, clock: Callable[[], float], wake: Callable[[], None] = lambda: None):
         self._links = links
+        self.wake = wake   # a service queued something: the driver should drain soon
         self._rng = rng
         self._emit = emit
         self._stats = stats
