@@ -12,8 +12,10 @@ for pair in dockerd:docker.io busybox:busybox-static iptables:iptables ip:iprout
 done
 if [ -n "$tests" ]; then
     command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
+    command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)  # the Dockerfile's offline base
 fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+# The package build compiles weavewait, the proxy's static helper, from proxy/weavewait.c (setup.py).
 command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
 [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/aarch64-linux-gnu/libc.a ] || need_pkgs+=(libc6-dev)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3 python3-venv)
@@ -27,12 +29,9 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-# A regular install: an editable one adds an import hook that slows every CLI start.
-.venv/bin/pip install -q '.[test]'
-
-# weavewait: the static helper the proxy puts in front of containers' entrypoints (built, not downloaded).
-mkdir -p .venv/lib/weavepy
-gcc -static -Os -o .venv/lib/weavepy/weavewait proxy/weavewait.c
+# A regular install (its build compiles weavewait into the package): an editable one adds an
+# import hook that slows every CLI start.
+.venv/bin/pip install -q '.[test,bench]'
 
 # docker-py 4.4.4's own integration suite, which the tests run through the proxy and directly
 # (it is the last release whose source distribution ships its tests).  Its own venv: it needs
