@@ -21,7 +21,6 @@ import shutil
 import signal
 import ssl
 import stat
-import sys
 
 from aiohttp import web
 
@@ -60,8 +59,8 @@ def install_weavewait(source: str, wait_dir: str) -> None:
 
 
 def find_weavewait() -> str | None:
-    for path in (os.environ.get("WEAVEPY_WEAVEWAIT"), os.path.join(sys.prefix, "lib", "weavepy", "weavewait"),
-                 "/usr/local/lib/weavepy/weavewait"):
+    """$WEAVEPY_WEAVEWAIT, else the helper the package build compiled next to this module (setup.py)."""
+    for path in (os.environ.get("WEAVEPY_WEAVEWAIT"), os.path.join(os.path.dirname(__file__), "weavewait")):
         if path and os.access(path, os.X_OK):
             return path
     return None

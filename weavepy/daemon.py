@@ -94,7 +94,8 @@ class Daemon:
         c = self.config
         source = find_weavewait()
         if source is None:
-            raise SystemExit("weavepy: the weavewait helper is not installed (scripts/setup.sh builds it); "
+            raise SystemExit("weavepy: the weavewait helper is not installed (the package build compiles it into "
+                             "weavepy/proxy/; reinstall weavepy with gcc and libc6-dev present); "
                              "launch with --no-proxy to run without the Docker API proxy")
         wait_dir = cfg.state_path("w")
         install_weavewait(source, wait_dir)
