@@ -10,12 +10,12 @@ from weavepy.mesh.framing import MAX_MESSAGE, MessageDecoder, frame
 def test_messages_come_out_whole_however_the_stream_is_cut():
     payloads = [b"", b"x", bytes(range(256)) * 3, wire.encode(wire.GOODBYE, b"bye")]
     stream = b"".join(frame(p) for p in payloads)
-    assert MessageDecoder().feed(stream) == payloads
+    assert MessageDecoder().messages(stream) == payloads
     for cut in (1, 3, 7, 100):
         decoder = MessageDecoder()
         out = []
         for i in range(0, len(stream), cut):
-            out += decoder.feed(stream[i:i + cut])
+            out += decoder.messages(stream[i:i + cut])
         assert out == payloads
         assert decoder.buffered == 0
 
@@ -23,20 +23,29 @@ def test_messages_come_out_whole_however_the_stream_is_cut():
 def test_a_partial_message_waits_for_the_rest():
     decoder = MessageDecoder()
     data = frame(b"hello")
-    assert decoder.feed(data[:6]) == []
+    assert decoder.messages(data[:6]) == []
     assert decoder.buffered == 6
-    assert decoder.feed(data[6:] + data[:2]) == [b"hello"]
+    assert decoder.messages(data[6:] + data[:2]) == [b"hello"]
     assert decoder.buffered == 2
 
 
 def test_a_length_over_the_limit_ends_the_stream_before_any_buffering():
     decoder = MessageDecoder(max_size=16)
-    assert decoder.feed(frame(b"a" * 16)) == [b"a" * 16]
+    assert decoder.messages(frame(b"a" * 16)) == [b"a" * 16]
     with pytest.raises(wire.ProtocolError, match="message too long: 17 bytes"):
-        decoder.feed(struct.pack(">I", 17))
+        decoder.messages(struct.pack(">I", 17))
     assert decoder.buffered == 0
     with pytest.raises(wire.ProtocolError, match=f"limit {MAX_MESSAGE}"):
-        MessageDecoder().feed(struct.pack(">I", MAX_MESSAGE + 1) + b"x")
+        MessageDecoder().messages(struct.pack(">I", MAX_MESSAGE + 1) + b"x")
+
+
+def test_messages_before_a_bad_length_are_still_delivered():
+    decoder = MessageDecoder(max_size=16)
+    decoder.feed(frame(b"one") + frame(b"two") + struct.pack(">I", 17) + b"junk")
+    assert decoder.next_message() == b"one"
+    assert decoder.next_message() == b"two"
+    with pytest.raises(wire.ProtocolError, match="too long"):
+        decoder.next_message()
 
 
 def test_we_never_frame_what_a_peer_would_refuse():
