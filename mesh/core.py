@@ -21,8 +21,8 @@ CONTRACT (the driver is written against it):
     core.connection_established(conn_id, now)     the overlay proved the data path
     core.connection_lost(conn_id, now)            the socket ended (any reason); idempotent
     core.receive(conn_id, tag, payload, now)      a gossip-tagged message (wire.GOSSIP*, PROBE*, CLASH)
-    core.tick(now)                                 timers: deferred topology flush (1 s),
-                                                   periodic gossip (30 s), GC
+    core.tick(now)                                 timers: deferred topology flush (0.1 s),
+                                                   periodic gossip (30 s), GC (1 s), probes (2 s)
     core.next_deadline() -> float | None           when tick() next has work
     core.drain() -> list[Action]                   everything queued since the last drain
     core.channel(name, gossiper) -> GossipChannel  IPAM and DNS plug in here
@@ -93,6 +93,11 @@ CLASH_REPORT_SIZE = 4096       # a CLASH message is one short JSON object
 # well under this long; a live clone answers every bump, indefinitely.
 CLONE_OVERTAKES = 10
 CLONE_SPAN = 10.0
+# Weave collects unreachable peers 1 s after an update.  Here a peer goes once
+# it has been unreachable for that long: an update that names a peer before the
+# link leading to it has arrived, or a connection swapped for its successor,
+# does not make everyone drop the peer and relearn it.
+GC_DELAY = 1.0
 NO_PEER = "00:00:00:00:00:00"  # what Weave's status shows as the route to ourselves
 
 CLASH_PREFIX = "peer name collision"
@@ -194,6 +199,8 @@ class MeshCore:
         self._flush_at: float | None = None
         self._next_gossip: float | None = None
         self._overtaken: dict[int, tuple[float, int]] = {}   # foreign UID -> (first overtake, count)
+        self._unreachable_since: dict[str, float] = {}
+        self._reach_stale = False
         self.on_queued: Callable[[], None] | None = None
         self._woken = False
         self._gossip = GossipRouter(self, self._rng, self._actions.append, self.stats, lambda: self._now,
@@ -307,7 +314,6 @@ class MeshCore:
         del self._by_name[conn.remote.name]
         self.topology.remove_local_connection(conn.remote.name)
         self._gossip.connection_gone(conn_id)
-        self._collect_garbage()
         self._topology_changed({self.name})
         for probe in [p for p in self._probes.values() if p.old_id == conn_id]:
             self._promote(probe)
@@ -422,28 +428,43 @@ class MeshCore:
 
     def _merge_topology(self, update: list[PeerInfo]) -> TopologyUpdate | None:
         merged = self.topology.apply_update(update)
-        gone = self._collect_garbage()
         if merged.ourself_bumped:
             self._defer_flush({self.name})   # our entry must now supersede the one we heard
         self._watch_clones(merged.overtaken_by)
-        improved = merged.improved - set(gone)
-        if improved or merged.ourself_bumped:
-            self._routes = None
-            self._changed = True
-        return TopologyUpdate(self.topology, improved) if improved else None
+        if merged.improved or merged.ourself_bumped:
+            self._dirty()
+        return TopologyUpdate(self.topology, merged.improved) if merged.improved else None
 
-    def _collect_garbage(self) -> list[str]:
-        gone = self.topology.garbage_collect()
+    def _dirty(self) -> None:
+        self._routes = None
+        self._changed = True
+        self._reach_stale = True
+
+    def _topology_changed(self, names: set[str]) -> None:
+        self._dirty()
+        self._defer_flush(names)
+
+    def _note_reachability(self) -> None:
+        """Start the clock on peers that just became unreachable; stop it for those reachable again."""
+        if not self._reach_stale:
+            return
+        self._reach_stale = False
+        unreachable = self.topology.unreachable(self.routes.unicast_all)
+        for name in list(self._unreachable_since):
+            if name not in unreachable:
+                del self._unreachable_since[name]
+        for name in unreachable:
+            self._unreachable_since.setdefault(name, self._now)
+
+    def _collect_garbage(self) -> None:
+        gone = sorted(n for n, since in self._unreachable_since.items() if since + GC_DELAY <= self._now)
         if gone:
+            self.topology.forget(gone)
+            for name in gone:
+                del self._unreachable_since[name]
             self._actions.extend(PeerGone(name) for name in gone)
             self._routes = None
             self._changed = True
-        return gone
-
-    def _topology_changed(self, names: set[str]) -> None:
-        self._routes = None
-        self._changed = True
-        self._defer_flush(names)
 
     def _defer_flush(self, names: set[str]) -> None:
         self._flush_names |= names
@@ -459,6 +480,8 @@ class MeshCore:
 
     def tick(self, now: float) -> None:
         self._advance(now)
+        self._note_reachability()
+        self._collect_garbage()
         for probe in [p for p in self._probes.values() if p.deadline <= now]:
             old = self._connections[probe.old_id]
             self._close(probe.old_id, f"{_who('', old.remote.name, old.remote.nickname)} did not answer on this "
@@ -471,8 +494,10 @@ class MeshCore:
             self._gossip.gossip_periodic()
 
     def next_deadline(self) -> float | None:
+        self._note_reachability()
         times = [t for t in (self._flush_at, self._next_gossip) if t is not None]
         times += [p.deadline for p in self._probes.values()]
+        times += [since + GC_DELAY for since in self._unreachable_since.values()]
         return min(times, default=None)
 
     def _wake(self) -> None:
@@ -481,6 +506,7 @@ class MeshCore:
             self.on_queued()
 
     def drain(self) -> list:
+        self._note_reachability()
         self._woken = False
         actions = list(self._actions)
         self._actions.clear()

@@ -8,7 +8,7 @@ the local-connection methods, each bumping our version.
 
 Names a winning entry mentions as connection endpoints but that never spoke
 for themselves are *placeholders* (UID 0, version 0), as Weave's.  Peers no
-longer reachable from us over any link are garbage-collected.
+longer reachable from us over any link are forgotten (the core decides when).
 
 The wire form of an update (channel "topology"), all integers big-endian:
 
@@ -24,7 +24,6 @@ import struct
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
-from . import routes
 from .codec import Reader, name_to_bytes, short_text
 from .wire import ProtocolError
 
@@ -222,13 +221,14 @@ class Topology:
             merged.overtaken_by.append(entry)
         merged.ourself_bumped |= self.set_version_beyond(entry.version)
 
-    def garbage_collect(self) -> list[str]:
-        """Drop every peer not reachable from us over any link; returns their names, sorted."""
-        _, reached = routes.bfs(self.peers, self.name, symmetric=False)
-        gone = sorted(n for n in self.peers if n not in reached)
-        for name in gone:
-            del self.peers[name]
-        return gone
+    def unreachable(self, reached: Iterable[str]) -> set[str]:
+        """The peers not in `reached` (the gossip routes' destinations and us)."""
+        return set(self.peers) - set(reached) - {self.name}
+
+    def forget(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name != self.name:
+                self.peers.pop(name, None)
 
     def encode(self, names: Iterable[str]) -> list[bytes]:
         """The current entries of `names` (placeholders and forgotten names left out)."""
