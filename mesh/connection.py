@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import socket
 from typing import TYPE_CHECKING
 
@@ -24,8 +23,6 @@ from .wire import ProtocolError
 
 if TYPE_CHECKING:
     from .driver import MeshRouter
-
-log = logging.getLogger("weavepy.mesh")
 
 # A peer that reads nothing while we keep writing is gone in all but name; past
 # this much unsent data (more than a full 10 MiB message and then some) we stop.

@@ -17,6 +17,10 @@ timeout (Weave: 30 s and 60 s), a 1.5 s TCP connect timeout, and targets
 retried 1-3 s apart for the first ten minutes (mesh/targets.py).  A peer cut
 off for 30 s is then redialled within about 3 s of the network healing, and
 a restarted one within as long -- Weave can take minutes.
+
+Sockets are closed gracefully, not with Weave's SO_LINGER 0 (an RST that
+discards unsent data): the goodbye saying why must reach the peer.  A socket
+that does not drain within 2 s is aborted.
 """
 from __future__ import annotations
 
@@ -47,6 +51,10 @@ ACCEPT_INTERVAL = 0.05       # ... refilled one per 50 ms
 CORE_TAGS = frozenset((wire.GOSSIP, wire.GOSSIP_UNICAST, wire.GOSSIP_BROADCAST,
                        wire.PROBE, wire.PROBE_REPLY, wire.CLASH))
 STOP_GRACE = 2.0             # for goodbyes to reach the peers when stopping
+COUNTERS = ("messages_in", "messages_out", "bytes_in", "bytes_out",
+            "malformed_dropped",     # tagged messages we could not read (dropped; the connection carries on)
+            "unknown_tags", "protocol_errors",   # protocol_errors: a bad length, which ends the connection
+            "gossiper_errors", "handshake_failures", "accepts", "accept_throttled", "dials", "dial_failures")
 
 
 @dataclass(frozen=True)
@@ -196,10 +204,7 @@ class MeshRouter:
             by_state[(row["State"], kind)] += 1
         return {"connections": [{"state": s, "type": t, "count": n} for (s, t), n in sorted(by_state.items())],
                 "terminations": self.termination_count,
-                **{key: self.counters[key] for key in (
-                    "messages_in", "messages_out", "bytes_in", "bytes_out", "malformed_dropped",
-                    "unknown_tags", "protocol_errors", "gossiper_errors", "handshake_failures", "accepts", "accept_throttled",
-                    "dials", "dial_failures")},
+                **{key: self.counters[key] for key in COUNTERS},
                 "core_dropped": dict(self.core.stats)}
 
     # -- the pump: after every call into the core ---------------------------------------

@@ -1,6 +1,7 @@
 """MeshRouters on 127.0.0.1 in one process: connections, discovery, duplicates, restarts, targets, clashes."""
 import asyncio
 import re
+import select
 import socket
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from weavepy.mesh import wire
 from weavepy.mesh.driver import ListenError, MeshRouter, Timing
 from weavepy.mesh.overlay import NullOverlay
+from weavepy.mesh.token_bucket import TokenBucket
 
 LOOPBACK = "127.0.0.1"
 
@@ -205,6 +207,41 @@ async def test_a_silent_peer_is_dropped_by_the_read_timeout_and_redialled(mesh):
     await until(lambda: states(a) == ["established"], timeout=5, what="the redial")
 
 
+def black_hole():
+    """A listening port whose accept queue is full: the kernel drops SYNs to it, as iptables DROP does."""
+    hole = socket.socket()
+    hole.bind((LOOPBACK, 0))
+    hole.listen(0)
+    port = hole.getsockname()[1]
+    held = []
+    while True:
+        client = socket.socket()
+        client.setblocking(False)
+        client.connect_ex((LOOPBACK, port))
+        _, writable, _ = select.select([], [client], [], 0.3)
+        if not writable:
+            client.close()
+            return port, [hole] + held
+        held.append(client)
+
+
+async def test_a_peer_cut_off_is_redialled_within_seconds_of_the_heal(mesh):
+    a = await mesh(1)
+    port, hole = black_hole()
+    a.connect([f"{LOOPBACK}:{port}"])
+    target = a.maker.target(f"{LOOPBACK}:{port}")
+    await until(lambda: target.last_error is not None, what="a connect timeout")
+    assert target.last_error == f"dial tcp4 {LOOPBACK}:{port}: connect: i/o timeout"
+    await asyncio.sleep(2.5)                      # still cut off: retried, timing out
+    assert a.counters["dials"] >= 2
+    for sock in hole:
+        sock.close()
+    b = await mesh(2, port=port)                  # the network heals, the peer is there
+    healed = asyncio.get_running_loop().time()
+    reconnected = await until(lambda: states(a) == states(b) == ["established"], timeout=10)
+    assert reconnected - healed < 5
+
+
 async def test_the_port_in_use_is_a_clear_error(mesh):
     a = await mesh(1)
     with pytest.raises(ListenError, match=f"cannot listen for peers on {LOOPBACK}:{a.port}: Address already in use"):
@@ -325,3 +362,13 @@ async def test_a_goodbye_reason_is_what_the_other_end_shows(mesh):
     await until(lambda: target.last_error is not None)
     assert target.last_error == "testing: go away"
     assert wire.GOODBYE == 8
+
+
+def test_the_accept_bucket_lets_twenty_through_then_one_per_50_ms():
+    bucket = TokenBucket(20, 0.05, now=100.0)
+    assert [bucket.take(100.0) for _ in range(20)] == [0.0] * 20
+    assert bucket.take(100.0) == pytest.approx(0.05)
+    assert bucket.take(100.05) == pytest.approx(0.05)      # the one due then went to the waiter before
+    assert bucket.take(101.0) == 0.0                       # refilling ...
+    assert [bucket.take(1000.0) for _ in range(20)] == [0.0] * 20
+    assert bucket.take(1000.0) > 0                         # ... but never past twenty
