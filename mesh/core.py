@@ -302,7 +302,9 @@ class MeshCore:
 
     def connection_lost(self, conn_id: Hashable, now: float) -> None:
         self._advance(now)
-        if self._probes.pop(conn_id, None) is None and conn_id in self._connections:
+        if self._probes.pop(conn_id, None) is not None:
+            self._gossip.connection_gone(conn_id)
+        elif conn_id in self._connections:
             self._remove(conn_id)
 
     def _close(self, conn_id: Hashable, reason: str) -> None:
@@ -339,6 +341,7 @@ class MeshCore:
             self.stats["stray_probe_reply"] += 1
             return
         del self._probes[probe.new.conn_id]
+        self._gossip.connection_gone(probe.new.conn_id)
         old, new = self._connections[conn_id], probe.new
         message = clash_message(_who("", old.remote.name, old.remote.nickname, old.remote_addr),
                                 _who("", new.remote.name, new.remote.nickname, new.remote_addr),
@@ -516,10 +519,12 @@ class MeshCore:
         return actions + self._gossip.take_sends()
 
     def pause_sending(self, conn_id: Hashable) -> None:
-        self._gossip.pause(conn_id)
+        if conn_id in self._connections or conn_id in self._probes:
+            self._gossip.pause(conn_id)
 
     def resume_sending(self, conn_id: Hashable) -> None:
-        self._gossip.resume(conn_id)
+        if conn_id in self._connections or conn_id in self._probes:
+            self._gossip.resume(conn_id)
 
     # -- status --------------------------------------------------------------------
 

@@ -23,8 +23,12 @@ from typing import Iterator, Mapping
 
 
 def _linked(peers: Mapping, name: str, symmetric: bool, exclude) -> Iterator[str]:
-    """The peers `name` has a usable link to, in name order, skipping `exclude`."""
-    for remote, conn in sorted(peers[name].connections.items()):
+    """The peers `name` has a usable link to, skipping `exclude`.
+
+    In no particular order: every peer one parent claims gets the same next
+    hop, and the next layer is sorted before it is widened.
+    """
+    for remote, conn in peers[name].connections.items():
         if remote in exclude or remote not in peers:
             continue
         if symmetric:
@@ -91,7 +95,7 @@ class Routes:
             if source in self._peers:
                 found, reached = bfs(self._peers, source, symmetric, stop_at=self.ourself)
                 if found:
-                    hops = list(_linked(self._peers, self.ourself, symmetric, reached))
+                    hops = sorted(_linked(self._peers, self.ourself, symmetric, reached))
             self._broadcast[key] = hops
         return self._broadcast[key]
 
