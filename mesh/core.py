@@ -48,6 +48,8 @@ How the contract is filled in, and what was added:
   name: the new connection gets Send(CLASH) then Close(clash message), the old
   one Send(CLASH), and a Clash is recorded.  No reply by then (tick()) or the
   old connection ending: the old one is closed and the new one registered.
+- Clones that never meet at one peer are found in gossip (mesh/clash.py):
+  after that, we record a Clash and stop racing the other clone's versions.
 - `is_clash(reason)`: a Goodbye reason that is a name clash (never retry).
 - `status()` -> Weave's report Router fields: Peers, UnicastRoutes, BroadcastRoutes.
 - `connections` -> {conn_id: Connection}; `stats` -> Counter of dropped input
@@ -66,7 +68,6 @@ How the contract is filled in, and what was added:
 """
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ from typing import Callable, Hashable
 
 from . import wire
 from .actions import Close, PeerGone, Send, TopologyChanged
+from .clash import Clash, CloneWatch, clash_message, decode_report, encode_report, is_clash, who
 from .gossip import GOSSIP_INTERVAL, Gossiper, GossipChannel, GossipRouter
 from .routes import Routes
 from .topology import PeerInfo, Topology, TopologyUpdate, decode_peers, valid_address
@@ -86,24 +88,12 @@ PROBE_TIMEOUT = 2.0            # a live peer answers over a working TCP connecti
 TOPOLOGY_FLUSH_DELAY = 0.1     # coalesce a burst of local changes; Weave waits 1 s (deferTopologyUpdateDuration)
 HELD_MESSAGES = 64             # kept from a connection held aside while its peer is probed
 KEPT_CLASHES = 16              # clash reports remembered (peers can send any number)
-CLASH_REPORT_SIZE = 4096       # a CLASH message is one short JSON object
-# A clone on the other side of the mesh shows up as gossip about us with a
-# foreign UID that keeps overtaking the version we took beyond it.  A dead
-# run of us can do that only with updates still in flight, which settle in
-# well under this long; a live clone answers every bump, indefinitely.
-CLONE_OVERTAKES = 10
-CLONE_SPAN = 10.0
 # Weave collects unreachable peers 1 s after an update.  Here a peer goes once
 # it has been unreachable for that long: an update that names a peer before the
 # link leading to it has arrived, or a connection swapped for its successor,
 # does not make everyone drop the peer and relearn it.
 GC_DELAY = 1.0
 NO_PEER = "00:00:00:00:00:00"  # what Weave's status shows as the route to ourselves
-
-CLASH_PREFIX = "peer name collision"
-_REGENERATE = ("the hosts were probably cloned with the same /etc/machine-id. On one of them run: "
-               "rm -f /etc/machine-id /var/lib/dbus/machine-id && systemd-machine-id-setup "
-               "&& weavepy reset && weavepy launch <its usual arguments>")
 
 
 @dataclass(frozen=True)
@@ -112,15 +102,6 @@ class RemotePeer:
     name: str
     nickname: str
     uid: int
-
-
-@dataclass(frozen=True)
-class Clash:
-    """Two live routers share one peer name (cloned VMs)."""
-    name: str
-    nicknames: tuple[str, str]
-    address: str          # where the other clone was seen (ip:port), as far as we know
-    message: str          # the full text users see; names machine-id and how to regenerate it
 
 
 @dataclass
@@ -141,21 +122,6 @@ class _Probe:
     nonce: bytes
     deadline: float
     held: list[tuple[int, bytes]]
-
-
-def _who(label: str, name: str, nickname: str, address: str = "") -> str:
-    where = f" at {address}" if address else ""
-    return f'{label}"{name}({nickname})"{where}'
-
-
-def clash_message(first: str, second: str, context: str = "") -> str:
-    """One line: who clashes (from _who), where it was seen, what to do about it."""
-    return f"{CLASH_PREFIX}: {first} and {second}{context} have the same peer name; {_REGENERATE}"
-
-
-def is_clash(reason: str) -> bool:
-    """A Goodbye reason or refusal that means "never retry this target"."""
-    return reason.startswith(CLASH_PREFIX)
 
 
 class _TopologyGossiper:
@@ -185,6 +151,7 @@ class MeshCore:
         self.uid = uid
         self.conn_limit = conn_limit          # 0: unlimited, as --conn-limit
         self.topology = Topology(name, nickname, uid)
+        self._us = who(name, nickname)
         self.stats: Counter = Counter()
         self.clashes: list[Clash] = []
         self._rng = rng or random.Random()
@@ -198,7 +165,7 @@ class MeshCore:
         self._flush_names: set[str] = set()
         self._flush_at: float | None = None
         self._next_gossip: float | None = None
-        self._overtaken: dict[int, tuple[float, int]] = {}   # foreign UID -> (first overtake, count)
+        self._clones = CloneWatch()
         self._unreachable_since: dict[str, float] = {}
         self._reach_stale = False
         self.on_queued: Callable[[], None] | None = None
@@ -245,13 +212,13 @@ class MeshCore:
         if remote.name == self.name:
             if remote.uid == self.uid:
                 return "cannot connect to ourself"
-            message = clash_message(_who("local ", self.name, self.nickname),
-                                    _who("remote ", remote.name, remote.nickname, remote_addr))
+            message = clash_message(who(self.name, self.nickname, label="local "),
+                                    who(remote.name, remote.nickname, remote_addr, label="remote "))
             self._record(Clash(self.name, (self.nickname, remote.nickname), remote_addr, message))
             return message
         conn = Connection(conn_id, remote, outbound, remote_addr, conn_uid)
         if any(p.new.remote.name == remote.name for p in self._probes.values()):
-            return f"connection to {_who('', remote.name, remote.nickname)} refused: an earlier one is being checked"
+            return f"connection to {who(remote.name, remote.nickname)} refused: an earlier one is being checked"
         existing_id = self._by_name.get(remote.name)
         if existing_id is not None:
             existing = self._connections[existing_id]
@@ -267,8 +234,7 @@ class MeshCore:
 
     def _break_tie(self, new: Connection, old: Connection) -> str | None:
         """Both ends dialled at once: the lower connection UID wins, the same on both ends (mesh/local_peer.go)."""
-        reason = (f"Multiple connections to {_who('', new.remote.name, new.remote.nickname)} "
-                  f"added to {_who('', self.name, self.nickname)}")
+        reason = f"Multiple connections to {who(new.remote.name, new.remote.nickname)} added to {self._us}"
         if new.conn_uid <= old.conn_uid:
             self._close(old.conn_id, reason)
         return None if new.conn_uid < old.conn_uid else reason   # equal: both go
@@ -343,47 +309,25 @@ class MeshCore:
         del self._probes[probe.new.conn_id]
         self._gossip.connection_gone(probe.new.conn_id)
         old, new = self._connections[conn_id], probe.new
-        message = clash_message(_who("", old.remote.name, old.remote.nickname, old.remote_addr),
-                                _who("", new.remote.name, new.remote.nickname, new.remote_addr),
-                                f", both connected to {_who('', self.name, self.nickname)},")
-        self._record(Clash(new.remote.name, (old.remote.nickname, new.remote.nickname), new.remote_addr, message))
+        message = clash_message(who(old.remote.name, old.remote.nickname, old.remote_addr),
+                                who(new.remote.name, new.remote.nickname, new.remote_addr),
+                                f", both connected to {self._us},")
+        name = new.remote.name
+        self._record(Clash(name, (old.remote.nickname, new.remote.nickname), new.remote_addr, message))
         for told, other in ((old, new), (new, old)):
-            report = {"name": told.remote.name, "nicknames": [told.remote.nickname, other.remote.nickname],
-                      "address": other.remote_addr, "message": message}
-            self._actions.append(Send(told.conn_id, wire.CLASH, json.dumps(report).encode()))
+            report = Clash(name, (told.remote.nickname, other.remote.nickname), other.remote_addr, message)
+            self._actions.append(Send(told.conn_id, wire.CLASH, encode_report(report)))
         self._actions.append(Close(new.conn_id, message))
-
-    def _clash_reported(self, payload: bytes) -> None:
-        """A third peer saw another live router with our name (a CLASH message)."""
-        if len(payload) > CLASH_REPORT_SIZE:
-            raise wire.ProtocolError("clash report too long")
-        try:
-            report = json.loads(payload)
-        except (ValueError, RecursionError):
-            raise wire.ProtocolError("clash report is not JSON") from None
-        if not isinstance(report, dict):
-            raise wire.ProtocolError("clash report is not an object")
-        name, nicknames = report.get("name"), report.get("nicknames")
-        address, message = report.get("address"), report.get("message")
-        if (name != self.name or not isinstance(nicknames, list) or len(nicknames) != 2
-                or not all(isinstance(n, str) for n in nicknames) or not isinstance(address, str)
-                or not isinstance(message, str) or not is_clash(message)):
-            raise wire.ProtocolError("clash report without our name, two nicknames, an address and a message")
-        self._record(Clash(name, (nicknames[0], nicknames[1]), address, message))
 
     def _watch_clones(self, entries: list[PeerInfo]) -> None:
         for entry in entries:
-            first, count = self._overtaken.get(entry.uid, (self._now, 0))
-            self._overtaken[entry.uid] = (first, count + 1)
-            if count + 1 >= CLONE_OVERTAKES and self._now - first >= CLONE_SPAN:
+            if self._clones.overtaken(entry.uid, self._now):
                 self.topology.clone_uids.add(entry.uid)
                 address = self._clone_address()
-                message = clash_message(_who("local ", self.name, self.nickname),
-                                        _who("remote ", entry.name, entry.nickname, address),
+                message = clash_message(who(self.name, self.nickname, label="local "),
+                                        who(entry.name, entry.nickname, address, label="remote "),
                                         " (seen in gossip)")
                 self._record(Clash(self.name, (self.nickname, entry.nickname), address, message))
-        while len(self._overtaken) > KEPT_CLASHES:
-            del self._overtaken[next(iter(self._overtaken))]
 
     def _clone_address(self) -> str:
         """A peer we are not connected to that lists a connection to our name is connected to the clone."""
@@ -420,8 +364,8 @@ class MeshCore:
         try:
             if tag == wire.PROBE_REPLY:
                 self._probe_answered(conn_id, payload)
-            elif tag == wire.CLASH:
-                self._clash_reported(payload)
+            elif tag == wire.CLASH:     # a third peer saw another live router with our name
+                self._record(decode_report(payload, self.name))
             elif tag in (wire.GOSSIP, wire.GOSSIP_UNICAST, wire.GOSSIP_BROADCAST):
                 self._gossip.receive(conn_id, self._connections[conn_id].remote.name, tag, payload)
             else:
@@ -487,7 +431,7 @@ class MeshCore:
         self._collect_garbage()
         for probe in [p for p in self._probes.values() if p.deadline <= now]:
             old = self._connections[probe.old_id]
-            self._close(probe.old_id, f"{_who('', old.remote.name, old.remote.nickname)} did not answer on this "
+            self._close(probe.old_id, f"{who(old.remote.name, old.remote.nickname)} did not answer on this "
                                       "connection: it restarted, and its new connection replaces this one")
         if self._flush_at is not None and now >= self._flush_at:
             names, self._flush_names, self._flush_at = self._flush_names | {self.name}, set(), None

@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mesh_sim import GSet, GSetData
 from weavepy.mesh import wire
+from weavepy.mesh.clash import CLONE_SPAN, CloneWatch, decode_report, encode_report
 from weavepy.mesh.core import (PROBE_TIMEOUT, Clash, Close, MeshCore, PeerGone, RemotePeer, Send, TopologyChanged,
                                is_clash)
 from weavepy.mesh.gossip import encode_broadcast, encode_gossip, encode_unicast
@@ -241,6 +242,18 @@ def test_a_bad_clash_report_is_counted_not_believed(c_with_a1, report):
     bus, c, a1, old = c_with_a1
     a1.receive(bus.ends[old][1], wire.CLASH, report, 1.0)
     assert not a1.clashes and a1.stats["malformed"] == 1
+
+
+def test_a_clash_report_says_the_same_at_the_other_end():
+    clash = Clash(name(1), ("vm-one", "vm-two"), "10.0.0.2:6783", "peer name collision: ...")
+    assert decode_report(encode_report(clash), name(1)) == clash
+
+
+def test_updates_of_an_old_run_still_in_flight_are_no_clone_but_a_uid_racing_us_is():
+    watch = CloneWatch()
+    assert not any(watch.overtaken(5, 0.01 * i) for i in range(50))   # a burst, then the old run is silent
+    verdicts = [watch.overtaken(7, t) for t in range(int(CLONE_SPAN) + 3)]
+    assert verdicts.index(True) == CLONE_SPAN
 
 
 # -- topology, routes, gossip between cores ------------------------------------------------

@@ -3,7 +3,8 @@ import random
 
 from mesh_sim import SimNet, peer_name
 from weavepy.mesh import wire
-from weavepy.mesh.core import CLONE_SPAN, is_clash
+from weavepy.mesh.clash import CLONE_SPAN
+from weavepy.mesh.core import is_clash
 from weavepy.mesh.gossip import GOSSIP_INTERVAL
 from weavepy.mesh.routes import fan_out
 
