@@ -60,7 +60,8 @@ def bfs(peers: Mapping, start: str, symmetric: bool, stop_at: str | None = None)
 
 
 def fan_out(n_peers: int) -> int:
-    """How many neighbours get each gossip: 2*log2(N), at least 1 (the brief's figure; mesh/routes.go)."""
+    """How many neighbours get each gossip: 2*log2(N), at least 1 -- twice mesh/routes.go's log2(N),
+    so news needs fewer relay rounds to cover a sparse mesh."""
     return max(1, int(2 * math.log2(n_peers))) if n_peers > 1 else 0
 
 
