@@ -178,7 +178,16 @@ class MeshRouter:
                          "State": "established" if conn.established else "pending",
                          "Info": f"{attrs.get('name', 'none'):<6} {conn.remote.name}({conn.remote.nickname})",
                          "Attrs": attrs})
-        return rows + self.maker.rows(self._now())
+        rows += self.maker.rows(self._now())
+        # A clash seen on an inbound connection, or reported by a third peer, has no target row: show it
+        # as a failed connection, as the dialling clone's target shows it (steady: nobody retries).
+        shown = {row["Address"] for row in rows}
+        for clash in self.core.clashes:
+            if clash.address not in shown:
+                shown.add(clash.address)
+                rows.append({"Address": clash.address, "Outbound": False, "State": "failed",
+                             "Info": f"{clash.message}, retry: never", "Attrs": {}})
+        return rows
 
     def status_connections(self) -> str:
         """`weavepy status connections`."""

@@ -89,3 +89,13 @@ def del_address(cidr: ipaddress.IPv4Interface, name: str = BRIDGE) -> bool:
                 return False
             raise
         return True
+
+
+def link_stats(name: str) -> dict:
+    """The kernel's counters for a link (rx/tx packets and bytes); {} when it does not exist."""
+    with IPRoute() as ipr:
+        idx = link_index(ipr, name)
+        if idx is None:
+            return {}
+        stats = ipr.get_links(idx)[0].get_attr("IFLA_STATS64") or {}
+        return {key: stats.get(key, 0) for key in ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes")}

@@ -15,7 +15,7 @@ def weavepy(*args, env=None):
                                "WEAVEPY_HTTP_ADDR": "127.0.0.1:1", **(env or {})})
 
 
-@pytest.mark.parametrize("cmd", ["launch", "stop", "reset", "version", "status", "report", "run", "attach", "dns-args", "dns-add", "dns-remove", "dns-lookup",
+@pytest.mark.parametrize("cmd", ["launch", "connect", "forget", "stop", "reset", "version", "status", "report", "run", "attach", "dns-args", "dns-add", "dns-remove", "dns-lookup",
                                  "detach", "ps", "expose", "hide"])
 def test_every_command_has_help(cmd):
     r = weavepy(cmd, "--help")
@@ -36,6 +36,15 @@ def test_every_command_has_help(cmd):
     (["launch", "--dns-listen-address", "nowhere:53"], "nowhere"),
     (["dns-add", "10.32.0.9"], "-h <fqdn>"),
     (["attach", "--bogus", "c1"], "unknown option --bogus"),
+    (["launch", "10.0.0.1:notaport"], 'invalid peer name "10.0.0.1:notaport", should be host[:port]'),
+    (["launch", "bad_host!"], '"bad_host!"'),
+    (["launch", "--port", "70000"], "--port 70000"),
+    (["launch", "--host", "somewhere"], "--host 'somewhere'"),
+    (["launch", "--resume", "10.0.0.1"], "--resume"),
+    (["connect", "300.1.1.1"], '"300.1.1.1"'),
+    (["connect", "10.0.0.1"], "not running"),
+    (["forget"], "no peer given"),
+    (["launch", "--password", "secret"], "refusing to run the mesh unencrypted"),
     (["frobnicate"], "unknown command"),
 ])
 def test_bad_input_exits_1_naming_the_problem(args, words):

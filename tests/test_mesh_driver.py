@@ -158,7 +158,10 @@ async def test_a_name_clash_is_reported_and_never_retried(mesh):
     dials = a.counters["dials"]
     await asyncio.sleep(3.5)
     assert a.counters["dials"] == dials == 1                  # no flapping
-    assert clone.connection_rows() == []
+    # the accepting clone shows the clash as a failed inbound connection, just as steady
+    [inbound] = clone.connection_rows()
+    assert inbound["State"] == "failed" and not inbound["Outbound"]
+    assert inbound["Info"].startswith("peer name collision: ") and "machine-id" in inbound["Info"]
     assert a.targets(), "the target stays, shown as failed"
 
 

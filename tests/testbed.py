@@ -240,6 +240,7 @@ class Testbed:
         self.ns_dir = Path(f"/run/{self.prefix}")
         self.data_dir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-", dir="/var/tmp"))
         self.hosts: list[Host] = []
+        self._made = 0
         self._image_tar: Path | None = None
         self.weavepy_argv = weavepy_argv or [shutil.which("weavepy") or "weavepy"]
         self._created_lan = False
@@ -272,20 +273,29 @@ class Testbed:
             self._image_tar = tar
         return self._image_tar
 
-    def add_hosts(self, count: int) -> list[Host]:
+    def add_hosts(self, count: int, dockerd: bool = True) -> list[Host]:
+        """count more hosts on the LAN; without dockerd they are cheap (control-plane scale tests)."""
         if not self._created_lan:
             self.setup_lan()
         new = []
         for _ in range(count):
-            host = Host(self, f"h{len(self.hosts) + 1}", len(self.hosts))
+            self._made += 1  # never reused, even after remove_host: names and addresses stay unique
+            host = Host(self, f"h{self._made}", self._made - 1)
             self.hosts.append(host)
             host.create()
-            host.start_dockerd()
+            if dockerd:
+                host.start_dockerd()
             new.append(host)
         for host in new:  # dockerds start in parallel
-            host.wait_dockerd()
-            host.load_image()
+            if dockerd:
+                host.wait_dockerd()
+                host.load_image()
         return new
+
+    def remove_host(self, host: Host):
+        """Tear one host down early (its processes, namespaces, files)."""
+        host.destroy()
+        self.hosts.remove(host)
 
     def start_dns_stub(self) -> subprocess.Popen:
         """A stub upstream resolver at the address every host's resolv.conf names (torn down with the bed)."""

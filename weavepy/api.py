@@ -6,7 +6,7 @@ import time
 
 from aiohttp import web
 
-from weavepy import status
+from weavepy import metrics, status
 from weavepy.host_network import UserError
 
 
@@ -47,6 +47,33 @@ def build_app(daemon) -> web.Application:
     @routes.get("/report")
     async def get_report(request):
         return web.json_response(daemon.report(), dumps=lambda o: json.dumps(o, indent=4))
+
+    # -- the mesh -------------------------------------------------------------
+    @routes.post("/connect")
+    async def connect(request):
+        d = await body_json(request)
+        peers = d.get("peers", [])
+        if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
+            raise web.HTTPBadRequest(text="peers must be a list of host[:port]\n")
+        try:
+            daemon.router.connect(peers, replace=bool(d.get("replace")))
+        except ValueError as exc:
+            return text(f"{exc}\n", 400)
+        return web.json_response({})
+
+    @routes.post("/forget")
+    async def forget(request):
+        d = await body_json(request)
+        peers = d.get("peers", [])
+        if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
+            raise web.HTTPBadRequest(text="peers must be a list of host[:port]\n")
+        daemon.router.forget(peers)
+        return web.json_response({})
+
+    @routes.get("/metrics")
+    async def get_metrics(request):
+        body = metrics.render(daemon.report(), await daemon.metric_samples()).encode()
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     @routes.post("/weavepy/attach")
     async def attach(request):

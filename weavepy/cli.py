@@ -20,7 +20,10 @@ weavepy --help | help
                       [--name <mac>] [--nickname <name>] [--mtu <mtu>]
                       [--ipalloc-range <cidr> [--ipalloc-default-subnet <cidr>]]
                       [--ipalloc-init <mode>] [--http-addr <host:port>]
-                      [--no-restart] [--foreground] [<peer> ...]
+                      [--port <port>] [--host <ip>] [--no-discovery]
+                      [--no-restart] [--foreground] [--resume | <peer> ...]
+        connect       [--replace] [<peer> ...]
+        forget        <peer> ...
         stop
         reset         [--force]
         status        [targets | connections | peers | dns | ipam]
@@ -52,6 +55,8 @@ HELP = {
 Start this host's router daemon and wait until it answers (prints the peer name).
 
   <peer>                          peers to connect to (host or host:port)
+  --resume                        connect to the peers of the last run (`connect`/`forget` included)
+  --host <ip>                     the address the peer port listens on (default: all)
   --name <mac>                    peer name (default: derived from /etc/machine-id)
   --nickname <name>               nickname shown in status (default: hostname)
   --ipalloc-range <cidr>          the range IPAM allocates from (default 10.32.0.0/12)
@@ -84,6 +89,10 @@ Start this host's router daemon and wait until it answers (prints the peer name)
   --tls | --tlsverify  --tlscacert <f> --tlscert <f> --tlskey <f>   TLS for tcp:// proxy listeners
 """,
     "stop": "Usage: weavepy stop\n\nStop the router daemon. Containers keep their interfaces and addresses.\n",
+    "connect": ("Usage: weavepy connect [--replace] [<peer> ...]\n\n"
+                "Add peers (host or host:port) for the router to connect to; --replace drops the others.\n"),
+    "forget": ("Usage: weavepy forget <peer> ...\n\n"
+               "Stop connecting to these peers. A live connection stays up; it is not re-made once it ends.\n"),
     "reset": ("Usage: weavepy reset [--force]\n\nStop the daemon and remove everything weavepy made: the bridge, "
               "container interfaces,\niptables rules and all persisted state. --force carries on past errors.\n"),
     "version": "Usage: weavepy version\n\nPrint the versions of this script and of the running router.\n",
@@ -167,11 +176,11 @@ def check_addrs(tokens: list[str]):
 
 # -- launch / stop / reset --------------------------------------------------
 
-LAUNCH_FLAGS = {"--no-restart", "--foreground", "--no-discovery", "--no-dns", "--no-proxy",
+LAUNCH_FLAGS = {"--no-restart", "--foreground", "--no-discovery", "--resume", "--no-dns", "--no-proxy",
                 "--no-default-ipalloc", "--no-rewrite-hosts", "--without-dns", "--no-multicast-route",
                 "--rewrite-inspect", "--tls", "--tlsverify"}
 LAUNCH_VALUED = {"--name", "--nickname", "--ipalloc-range", "--ipalloc-default-subnet", "--ipalloc-init",
-                 "--mtu", "--port", "--password", "--trusted-subnets", "--conn-limit", "--http-addr",
+                 "--mtu", "--port", "--host", "--password", "--trusted-subnets", "--conn-limit", "--http-addr",
                  "--log-level", "--docker-host", "--dns-domain", "--dns-ttl", "--dns-listen-address",
                  "--resolv-conf", "-H", "--proxy", "--hostname-from-label", "--hostname-match",
                  "--hostname-replacement", "--tlscacert", "--tlscert", "--tlskey"}
@@ -198,6 +207,8 @@ def launch_config(args: list[str]):
         ipalloc_init=last("--ipalloc-init"),
         mtu=integer("--mtu", os.environ.get("WEAVE_MTU") or cfg.DEFAULT_MTU),
         port=integer("--port", cfg.DEFAULT_PORT),
+        host=last("--host", ""),
+        resume="--resume" in o,
         password=last("--password", os.environ.get("WEAVE_PASSWORD") or None),
         trusted_subnets=[s for v in o.get("--trusted-subnets", []) for s in v.split(",") if s],
         discovery="--no-discovery" not in o,
@@ -237,6 +248,7 @@ def cmd_launch(args):
         raise CLIError("weavepy is already running. Use 'weavepy stop' first.")
     os.makedirs(cfg.RUN_DIR, exist_ok=True)
     from weavepy import statefile
+    config.launch_id = os.urandom(8).hex()
     statefile.write_json(cfg.run_path(cfg.LAUNCH_FILE), config.to_dict())
     try:
         os.unlink(cfg.run_path(cfg.READY_FILE))
@@ -259,6 +271,23 @@ def cmd_launch(args):
             return
         time.sleep(0.01)
     raise CLIError(f"the router did not become ready; see {cfg.run_path(cfg.LOG_FILE)}")
+
+
+def cmd_connect(args):
+    peers, o = split_args(args, {"--replace"}, set())
+    from weavepy.launch_config import check_peer_addresses, ConfigError
+    try:
+        check_peer_addresses(peers)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    client.post("/connect", {"peers": peers, "replace": "--replace" in o})
+
+
+def cmd_forget(args):
+    peers, _ = split_args(args, set(), set())
+    if not peers:
+        raise CLIError("forget: no peer given\n" + HELP["forget"])
+    client.post("/forget", {"peers": peers})
 
 
 def cmd_stop(args):
@@ -493,7 +522,7 @@ def cmd_dns_lookup(args):
 COMMANDS = {
     "env": cmd_env, "config": cmd_config,
     "dns-args": cmd_dns_args, "dns-add": cmd_dns_add, "dns-remove": cmd_dns_remove, "dns-lookup": cmd_dns_lookup,
-    "launch": cmd_launch, "stop": cmd_stop, "reset": cmd_reset, "version": cmd_version,
+    "launch": cmd_launch, "connect": cmd_connect, "forget": cmd_forget, "stop": cmd_stop, "reset": cmd_reset, "version": cmd_version,
     "status": cmd_status, "report": cmd_report, "run": cmd_run, "attach": cmd_attach,
     "detach": cmd_detach, "ps": cmd_ps, "expose": cmd_expose, "hide": cmd_hide,
 }

@@ -27,7 +27,10 @@ from weavepy.docker_client import DockerClient, DockerError
 from weavepy.host_network import HostNetwork
 from weavepy.ipam.allocator import Allocator
 from weavepy.mesh import peer_name
+from weavepy.mesh.driver import ListenError, MeshRouter
+from weavepy.mesh.overlay import NullOverlay
 from weavepy.net import bridge, iptables
+from weavepy.net.fastdp import FastDP, FastDPUnavailable
 from weavepy import __version__, status
 
 log = logging.getLogger("weavepy")
@@ -35,6 +38,16 @@ log = logging.getLogger("weavepy")
 TICK_SECONDS = 5.0
 IPAM_FILE = "ipam.json"
 RECORDS_FILE = "containers.json"
+TARGETS_FILE = "targets.json"
+
+
+def initial_targets(config: LaunchConfig) -> list[str]:
+    """The PEER arguments; or the targets saved by this launch before a crash (the supervisor restarted
+    us: `connect` and `forget` since launch count), or by the last run with --resume (Weave's 175)."""
+    saved = statefile.read_json(cfg.state_path(TARGETS_FILE)) or {}
+    if config.resume or (saved.get("launch_id") == config.launch_id and config.launch_id):
+        return list(saved.get("targets", []))
+    return list(config.peers)
 
 
 def dns_listen_address(config: LaunchConfig) -> tuple[str, int]:
@@ -78,7 +91,71 @@ class Daemon:
         self.docker: DockerClient | None = None
         self.proxy: DockerProxy | None = None
         self.network: HostNetwork | None = None
+        self.router: MeshRouter | None = None
+        self.fastdp: FastDP | None = None
+        self.fastdp_error: str | None = None
         self.tasks: list[asyncio.Task] = []
+
+    async def start_router(self):
+        """The mesh: peers over TCP (--port), the kernel fast path on UDP port+1."""
+        c = self.config
+        overlays = []
+        self.fastdp = FastDP(self.peer, port=c.port, mtu=c.mtu)
+        try:
+            await self.fastdp.start()
+            overlays.append(self.fastdp)
+        except FastDPUnavailable as exc:
+            self.fastdp, self.fastdp_error = None, str(exc)
+            log.warning("%s; peer connections will carry no container traffic", exc)
+            overlays.append(NullOverlay())
+        self.router = MeshRouter(self.peer, c.effective_nickname, port=c.port, host=c.host,
+                                 conn_limit=c.conn_limit, discovery=c.discovery, overlays=overlays,
+                                 on_targets_changed=self.save_targets)
+        try:
+            await self.router.start()
+        except ListenError as exc:
+            raise SystemExit(f"weavepy: {exc}") from None
+        targets = initial_targets(c)
+        try:
+            self.router.connect(targets)
+        except ValueError as exc:  # a saved target that no longer parses: say so, start without it
+            log.warning("not connecting to the saved targets: %s", exc)
+        self.save_targets(self.router.targets())
+
+    def save_targets(self, targets: list[str]):
+        statefile.write_json(cfg.state_path(TARGETS_FILE), {"launch_id": self.config.launch_id,
+                                                            "targets": targets})
+
+    async def metric_samples(self) -> list[tuple]:
+        """The router's and the fast path's counters, for /metrics."""
+        m = self.router.metrics() if self.router else {}
+        samples = [
+            ("weave_mesh_messages_total", "counter", "Control messages exchanged with peers.",
+             m.get("messages_in", 0), {"direction": "in"}),
+            ("weave_mesh_messages_total", "counter", "Control messages exchanged with peers.",
+             m.get("messages_out", 0), {"direction": "out"}),
+            ("weave_mesh_bytes_total", "counter", "Control bytes exchanged with peers.",
+             m.get("bytes_in", 0), {"direction": "in"}),
+            ("weave_mesh_bytes_total", "counter", "Control bytes exchanged with peers.",
+             m.get("bytes_out", 0), {"direction": "out"}),
+            ("weave_mesh_malformed_total", "counter", "Malformed messages from peers, dropped.",
+             m.get("malformed_dropped", 0) + sum(m.get("core_dropped", {}).values()), {}),
+            ("weave_mesh_handshake_failures_total", "counter", "Peer connections that failed their handshake.",
+             m.get("handshake_failures", 0), {}),
+            ("weave_mesh_accepts_throttled_total", "counter", "Peer connections accepted late by the throttle.",
+             m.get("accept_throttled", 0), {}),
+        ]
+        if self.fastdp is not None:
+            stats = await asyncio.to_thread(bridge.link_stats, self.fastdp.device)
+            for direction in ("rx", "tx"):
+                samples.append(("weave_frames_total", "counter", "Frames carried between hosts, by path.",
+                                stats.get(f"{direction}_packets", 0), {"path": "fastdp", "direction": direction}))
+                samples.append(("weave_bytes_total", "counter", "Bytes carried between hosts, by path.",
+                                stats.get(f"{direction}_bytes", 0), {"path": "fastdp", "direction": direction}))
+            for key, value in sorted(self.fastdp.metrics.items()):
+                samples.append((f"weave_fastdp_{key}_total", "counter", f"fastdp {key.replace('_', ' ')}.",
+                                value, {}))
+        return samples
 
     async def start_dns(self):
         host, port = self.dns_address
@@ -107,9 +184,14 @@ class Daemon:
             raise SystemExit(f"weavepy: cannot start the Docker API proxy: {exc}") from None
 
     def report(self) -> dict:
+        router = self.router.report() if self.router else None
+        if router is not None:
+            router["TrustedSubnets"] = list(self.config.trusted_subnets)
+            if self.fastdp_error:
+                router["OverlayDiagnostics"]["fastdp"] = {"error": self.fastdp_error}
         return status.build_report(self.config, self.peer, self.allocator, self.dns_records, self.dns_address,
                                    self.dns_server.upstream.current() if self.dns_server else [],
-                                   self.proxy.addresses if self.proxy else None)
+                                   self.proxy.addresses if self.proxy else None, router)
 
     async def watch_docker(self):
         """Follow container events; after any break, catch up with what was missed."""
@@ -151,6 +233,7 @@ class Daemon:
             await self.start_dns()
         if self.config.proxy:
             await self.start_proxy()
+        await self.start_router()
         host, _, port = self.config.http_addr.rpartition(":")
         runner = web.AppRunner(build_app(self), access_log=None)
         await runner.setup()
@@ -172,6 +255,8 @@ class Daemon:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await runner.cleanup()
+        if self.router:
+            await self.router.stop()
         if self.dns_server:
             await self.dns_server.close()
         if self.proxy:

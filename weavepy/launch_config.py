@@ -12,6 +12,16 @@ class ConfigError(ValueError):
     pass
 
 
+def check_peer_addresses(peers: list[str]) -> None:
+    """Refuse a malformed host[:port] before anything starts (launch and connect)."""
+    from weavepy.mesh.targets import parse_address
+    for peer in peers:
+        try:
+            parse_address(peer)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
 @dataclass
 class LaunchConfig:
     peers: list[str] = field(default_factory=list)
@@ -22,6 +32,9 @@ class LaunchConfig:
     ipalloc_init: str | None = None
     mtu: int = DEFAULT_MTU
     port: int = DEFAULT_PORT
+    host: str = ""           # --host: the address the control port binds (default: all)
+    resume: bool = False     # --resume: connect to the targets saved by the last run, not PEER arguments
+    launch_id: str = ""      # new at every `launch`; a restart after a crash keeps it (and the saved targets)
     password: str | None = None
     trusted_subnets: list[str] = field(default_factory=list)
     discovery: bool = True
@@ -74,8 +87,19 @@ class LaunchConfig:
                 raise ConfigError(f"--name: {exc}") from None
         if not 68 <= self.mtu <= 65535:
             raise ConfigError(f"invalid MTU {self.mtu}: must be between 68 and 65535")
-        if not 1 <= self.port <= 65534:
-            raise ConfigError(f"invalid port {self.port}")
+        if not 1 <= self.port <= 65534:  # the fast path uses port+1
+            raise ConfigError(f"invalid --port {self.port}: must be between 1 and 65534")
+        if self.host:
+            try:
+                ipaddress.IPv4Address(self.host)
+            except ValueError:
+                raise ConfigError(f"invalid --host '{self.host}': an IPv4 address of this host is required") from None
+        if self.password:
+            # Accepting it and sending plaintext would be worse than refusing: encryption is still to come.
+            raise ConfigError("--password (or WEAVE_PASSWORD): encryption between peers is not available in "
+                              "this release; refusing to run the mesh unencrypted when a password was given")
+        if self.resume and self.peers:
+            raise ConfigError("You must not specify an initial peer list in conjunction with --resume")
         host, _, port = self.http_addr.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"invalid --http-addr '{self.http_addr}': expected HOST:PORT")
@@ -115,9 +139,7 @@ class LaunchConfig:
             raise ConfigError("--tls/--tlsverify need --tlscert and --tlskey")
         if self.tlsverify and not self.tlscacert:
             raise ConfigError("--tlsverify needs --tlscacert")
-        for peer in self.peers:
-            if not peer or peer.startswith("-"):
-                raise ConfigError(f"invalid peer address '{peer}'")
+        check_peer_addresses(self.peers)
         return self
 
     @property

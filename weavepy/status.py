@@ -6,8 +6,31 @@ from weavepy import __version__
 PROTOCOL_MIN, PROTOCOL_MAX = 1, 2
 
 
+def standalone_router(config, peer: str) -> dict:
+    """The Router section when no mesh runs (tests of the other sections): just this peer."""
+    nick = config.effective_nickname
+    return {
+        "Protocol": "weave",
+        "ProtocolMinVersion": PROTOCOL_MIN,
+        "ProtocolMaxVersion": PROTOCOL_MAX,
+        "Encryption": bool(config.password),
+        "PeerDiscovery": config.discovery,
+        "Name": peer,
+        "NickName": nick,
+        "Port": config.port,
+        "Peers": [{"Name": peer, "NickName": nick, "Connections": []}],
+        "UnicastRoutes": [],
+        "BroadcastRoutes": [],
+        "Connections": [],
+        "TerminationCount": 0,
+        "Targets": list(config.peers),
+        "TrustedSubnets": list(config.trusted_subnets),
+    }
+
+
 def build_report(config, peer: str, allocator, dns=None, dns_address=None, upstream=(),
-                 proxy_addresses=None) -> dict:
+                 proxy_addresses=None, router: dict | None = None) -> dict:
+    """The whole report; the router (mesh/driver.py) renders its own section."""
     nick = config.effective_nickname
     ring = allocator.ring
     sizes = ring.peer_sizes()
@@ -18,20 +41,7 @@ def build_report(config, peer: str, allocator, dns=None, dns_address=None, upstr
     return {
         "Ready": True,
         "Version": __version__,
-        "Router": {
-            "Protocol": "weave",
-            "ProtocolMinVersion": PROTOCOL_MIN,
-            "ProtocolMaxVersion": PROTOCOL_MAX,
-            "Encryption": bool(config.password),
-            "PeerDiscovery": config.discovery,
-            "Name": peer,
-            "NickName": nick,
-            "Port": config.port,
-            "Peers": [{"Name": peer, "NickName": nick, "Connections": []}],
-            "Connections": [],
-            "Targets": list(config.peers),
-            "TrustedSubnets": list(config.trusted_subnets),
-        },
+        "Router": router if router is not None else standalone_router(config, peer),
         "IPAM": {
             "Status": allocator.status_word(),
             "Range": str(allocator.universe),
@@ -74,8 +84,8 @@ def status_text(report: dict) -> str:
         ("PeerDiscovery", "enabled" if r["PeerDiscovery"] else "disabled"),
         ("Targets", len(r["Targets"])),
         ("Connections", _connection_summary(conns)),
-        ("Peers", len(r["Peers"])),
-        ("TrustedSubnets", ", ".join(r["TrustedSubnets"]) or "none"),
+        ("Peers", _peer_summary(r["Peers"])),
+        ("TrustedSubnets", ", ".join(r.get("TrustedSubnets", [])) or "none"),
     ]) + [""]
     lines += _block([
         ("Service", "ipam"),
@@ -98,13 +108,28 @@ def status_text(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _connection_summary(conns) -> str:
-    if not conns:
-        return "0"
+# Weave's order (prog/weaver/http.go printConnectionCounts)
+CONNECTION_STATES = ("established", "pending", "retrying", "failed", "connecting")
+
+
+def _counts(states, total: int, label: str = "") -> str:
     counts: dict[str, int] = {}
-    for c in conns:
-        counts[c["State"]] = counts.get(c["State"], 0) + 1
-    return f"{len(conns)} (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
+    for st in states:
+        counts[st] = counts.get(st, 0) + 1
+    parts = [f"{counts.pop(st)} {st}" for st in CONNECTION_STATES if st in counts]
+    parts += [f"{n} {st}" for st, n in counts.items()]
+    return f"{total} ({label}{', '.join(parts)}{' connections' if label else ''})" if parts else str(total)
+
+
+def _connection_summary(conns) -> str:
+    """`1 (1 established)`: every connection and target by state."""
+    return _counts([c["State"] for c in conns], len(conns))
+
+
+def _peer_summary(peers) -> str:
+    """`2 (with 2 established connections)`: the connections every known peer reports, by state."""
+    states = ["established" if c.get("Established") else "pending" for p in peers for c in p.get("Connections", [])]
+    return _counts(states, len(peers), "with ")
 
 
 def targets_text(report: dict) -> str:
@@ -112,8 +137,13 @@ def targets_text(report: dict) -> str:
 
 
 def connections_text(report: dict) -> str:
-    return "".join(f"{'->' if c.get('Outbound') else '<-'} {c['Address']:<21} {c['State']:<11} {c.get('Info', '')}\n"
-                   for c in report["Router"]["Connections"])
+    """`-> 10.0.0.2:6783  established fastdp 5a:..(host2) mtu=1376`, as `weave status connections`."""
+    out = []
+    for c in report["Router"]["Connections"]:
+        attrs = " ".join(f"{k}={v}" for k, v in sorted((c.get("Attrs") or {}).items()) if k != "name")
+        line = f"{'->' if c.get('Outbound') else '<-'} {c['Address']:<21} {c['State']:<11} {c.get('Info', '')}"
+        out.append(f"{line} {attrs}".rstrip() if attrs else line.rstrip())
+    return "".join(line + "\n" for line in out)
 
 
 def peers_text(report: dict) -> str:
