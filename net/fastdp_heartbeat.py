@@ -87,7 +87,7 @@ def decode_control(data: bytes) -> bytes:
 class Timers:
     fast: float = 0.5      # Weave FastHeartbeat: until acked
     slow: float = 10.0     # Weave SlowHeartbeat: once acked, and after giving up
-    give_up: float = 5.0   # unproven this long after confirm: attrs say why, heartbeats slow down
+    give_up: float = 5.0   # never proven this long after confirm: attrs say why, heartbeats slow down
     missed: int = 3        # slow heartbeats unheard before unhealthy
 
     @property
@@ -169,7 +169,9 @@ class HeartbeatLink:
         out = []
         if now >= self._next_send:
             out.append(SendHeartbeat())
-            fast = not self._acked and now - self._run_started < self.timers.give_up
+            # unproven: fast; a link never established slows down after give_up (Weave), one on
+            # hold keeps probing fast so it is back within `fast` seconds of the path healing
+            fast = not self._acked and (self.established or now - self._run_started < self.timers.give_up)
             self._next_send = now + (self.timers.fast if fast else self.timers.slow)
         if self._give_up_at is not None and now >= self._give_up_at:
             self._give_up_at = None     # _settle below explains what is missing
@@ -193,7 +195,7 @@ class HeartbeatLink:
         self._give_up_at = now + self.timers.give_up
 
     def _unheard(self, now: float) -> bool:
-        return self._last_heard is None or now - self._last_heard > self.timers.timeout
+        return self._last_heard is None or now - self._last_heard >= self.timers.timeout
 
     def _settle(self, now: float) -> list:
         proven = self._acked and not self._unheard(now)
