@@ -320,11 +320,11 @@ class FastDPConnection:
             return []
         except OSError as exc:
             self.overlay.metrics["heartbeat_send_errors"] += 1
-            return self._link.send_failed(self._send_error(exc), self._now())
+            return self._link.send_failed(self._explain_send_error(exc), self._now())
         self.overlay.metrics["heartbeats_sent"] += 1
         return []
 
-    def _send_error(self, exc: OSError) -> str:
+    def _explain_send_error(self, exc: OSError) -> str:
         ip = self.params.remote_ip
         if exc.errno == errno.EMSGSIZE:
             return (f"the path to {ip} cannot carry {len(self._frame) + 28}-byte packets: "

@@ -138,12 +138,13 @@ def test_underlay_mtu_too_small_never_established(hosts, helpers):
 
 
 def test_heartbeats_stop_unhealthy_then_healthy_again(hosts, helpers):
-    a, b = helpers(hosts.a), helpers(hosts.b)
+    slow = dict(slow=4.0, missed=2)             # a slow interval recovery could not hide in
+    a, b = helpers(hosts.a, **slow), helpers(hosts.b, **slow)
     connect(a, b, 0x4444)
     a.established(0x4444)
     b.established(0x4444)
     hosts.b.block_udp(VXLAN_PORT, True)         # a -> b heartbeats (and data) lost
-    timeout = TIMERS["slow"] * TIMERS["missed"]
+    timeout = slow["slow"] * slow["missed"]
     is_health = lambda healthy: lambda e: e["ev"] == "health" and e["healthy"] is healthy
     b.wait_for(is_health(False), timeout + 3)   # b stopped hearing a
     a.wait_for(is_health(False), 2)             # ... and told a (HOLD), whose direction is now unproven
@@ -151,9 +152,9 @@ def test_heartbeats_stop_unhealthy_then_healthy_again(hosts, helpers):
     assert "stopped hearing" in a.attrs(0x4444)["error"]
     unblocked = time.monotonic()
     hosts.b.block_udp(VXLAN_PORT, False)
-    a.wait_for(is_health(True), 3)
-    b.wait_for(is_health(True), 3)
-    assert time.monotonic() - unblocked < 2     # fast heartbeats after HOLD, not the slow interval
+    a.wait_for(is_health(True), 5)
+    b.wait_for(is_health(True), 5)
+    assert time.monotonic() - unblocked < 3     # fast heartbeats after HOLD, not the 4 s slow interval
     assert a.attrs(0x4444)["healthy"] and b.attrs(0x4444)["healthy"]
 
 
@@ -216,7 +217,7 @@ def test_stopped_connection_lingers_until_peer_gone_or_linger_ends(quiet_hosts, 
     a.send(op="peer_gone", name=hosts.b.peer_name)
     wait_until(lambda: entries_to(hosts.a, hosts.b.ip) == [], 3, "a to drop b's entries at once",
                lambda: hosts.a.fdb())
-    assert time.monotonic() - stopped < 2
+    assert time.monotonic() - stopped < 10      # at once, not after a's 30 s linger
     wait_until(lambda: entries_to(hosts.b, hosts.a.ip) == [], 6, "b to drop a's entries after its linger",
                lambda: hosts.b.fdb())
     assert time.monotonic() - stopped >= 2
@@ -249,13 +250,13 @@ def test_forged_datagrams_are_dropped_and_counted(hosts, helpers):
     connect(a, b, 0x7777)
     a.established(0x7777)
     b.established(0x7777)
-    received = a.status()["diagnostics"]["metrics"]["heartbeats_received"]
     hosts.b.run(sys.executable, "-P", "-c", FORGER, hosts.a.ip, hosts.a.peer_name, hosts.b.peer_name, str(0x7777))
     wait_until(lambda: a.status()["diagnostics"]["metrics"].get("bad_heartbeats") == 5, 5, "5 bad heartbeats")
     time.sleep(0.5)
     status = a.status()
     assert status["diagnostics"]["metrics"]["bad_heartbeats"] == 5
-    assert status["diagnostics"]["metrics"]["heartbeats_received"] <= received + 2   # none of them counted as real
+    sent_by_b = b.status()["diagnostics"]["metrics"]["heartbeats_sent"]     # read after a's count
+    assert status["diagnostics"]["metrics"]["heartbeats_received"] <= sent_by_b   # no forgery counted as real
     assert a.proc.poll() is None
     assert status["connections"][str(0x7777)]["healthy"]
     assert hosts.a.ping(hosts.b.container_ip)
