@@ -33,6 +33,8 @@ from aiohttp import web
 from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
+from .unwrap import BodyRewrite
+
 log = logging.getLogger("weavepy.proxy")
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -82,10 +84,13 @@ class Upstream:
         return error(500, f"Cannot connect to the Docker daemon at {self.docker_host}: {exc}")
 
     # -- ordinary requests -------------------------------------------------
-    def _request(self, request: web.BaseRequest, body):
+    def _request(self, request: web.BaseRequest, body, content_type: str | None = None):
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         if body is not None:
-            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            dropped = ("content-length", "content-type") if content_type else ("content-length",)
+            headers = [(k, v) for k, v in headers if k.lower() not in dropped]
+            if content_type:
+                headers.append(("Content-Type", content_type))
             data = body
         elif request.body_exists:
             data = request.content  # streamed: build contexts and cp archives are never held whole
@@ -96,16 +101,18 @@ class Upstream:
             data=data, allow_redirects=False, compress=None,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
 
-    async def forward(self, request: web.BaseRequest, body: bytes | None = None) -> web.StreamResponse:
+    async def forward(self, request: web.BaseRequest, body: bytes | None = None, *,
+                      rewrite: BodyRewrite | None = None, content_type: str | None = None) -> web.StreamResponse:
+        """Pass the request on (with body instead of the client's, if given); rewrite: of a 200 answer's body."""
         if body is None and not request.body_exists:
-            return await self._forward_bodyless(request)
+            return await self._forward_bodyless(request, rewrite)
         try:
-            async with self._request(request, body) as resp:
-                return await _relay_response(request, resp.status, resp.reason, resp.headers, resp.content)
+            async with self._request(request, body, content_type) as resp:
+                return await _relay_response(request, resp.status, resp.reason, resp.headers, resp.content, rewrite)
         except aiohttp.ClientConnectorError as exc:
             return self.unreachable(exc)
 
-    async def _forward_bodyless(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _forward_bodyless(self, request: web.BaseRequest, rewrite: BodyRewrite | None) -> web.StreamResponse:
         head = _request_head(request)
         for attempt in (1, 2):
             try:
@@ -126,7 +133,7 @@ class Upstream:
                 conn.close()  # an answer aiohttp cannot parse, or cancellation: never reuse it
                 raise
         try:
-            out = await _relay_response(request, message.code, message.reason, message.headers, payload)
+            out = await _relay_response(request, message.code, message.reason, message.headers, payload, rewrite)
         except BaseException:
             conn.close()
             raise
@@ -198,15 +205,21 @@ def _request_head(request: web.BaseRequest, dropped: frozenset = HOP_BY_HOP_RAW,
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-async def _relay_response(request: web.BaseRequest, status: int, reason: str, headers, content) -> web.StreamResponse:
-    """Send dockerd's response on: headers at once, then each chunk as it arrives."""
+async def _relay_response(request: web.BaseRequest, status: int, reason: str, headers, content,
+                          rewrite: BodyRewrite | None = None) -> web.StreamResponse:
+    """Send dockerd's response on: headers at once, then each chunk as it arrives.
+
+    rewrite: the body of a 200 answer is read whole and goes through it first (see unwrap.py).
+    """
     kept = [(k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"]
     length = headers.get("Content-Length")
     if length is not None and "Transfer-Encoding" in headers:
         length = None
-    if length is not None and request.method != "HEAD" and content.is_eof():
+    whole = rewrite is not None and status == 200
+    if request.method != "HEAD" and (whole or (length is not None and content.is_eof())):
         # all of it is here already (most small calls): headers and body in one write
-        out = web.Response(status=status, reason=reason, body=await content.read())
+        body = await content.read()
+        out = web.Response(status=status, reason=reason, body=(rewrite(body) if whole else None) or body)
         out.headers.extend(kept)
         return out
     out = web.StreamResponse(status=status, reason=reason)

@@ -15,7 +15,9 @@ remembered and most calls are decided by one dictionary lookup.
 
 Answers leave in the order requests came: ResponseEnd tracks where each relayed
 answer ends, and a request for aiohttp that arrives while one is still being
-relayed waits for it.  A connection that streams (events, logs -f) is not idle,
+relayed waits for it.  A few answers (container listings and inspects, which may
+show the wait helper) are held until they end and passed through a rewrite that
+returns them unchanged unless they show it (see unwrap.py).  A connection that streams (events, logs -f) is not idle,
 so aiohttp's keep-alive timer leaves it alone.
 """
 from __future__ import annotations
@@ -27,10 +29,15 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from .answer_body import rewrite_answer
 from .response_end import MalformedResponse, ResponseEnd, header_value
+from .unwrap import BodyRewrite
 
 # (method, decoded path, asks to switch protocol) -> the proxy must see this request
 Intercepts = Callable[[str, str, bool], bool]
+# (method, decoded path) of a relayed request -> what its answer's body goes through, if anything
+AnswerRewrites = Callable[[str, str], BodyRewrite | None]
+Verdict = tuple[str, BodyRewrite | None] | None  # (method, rewrite of the answer) to relay; None: aiohttp's
 
 # The relay reads aiohttp's connection state to know it is between requests.  Checked
 # once here: under an aiohttp that names it otherwise, every request takes aiohttp's path.
@@ -38,6 +45,7 @@ _AIOHTTP_STATE = ("_waiter", "_messages", "_upgraded", "_payload_parser", "_paus
                   "_next_keepalive_close_time", "_process_keepalive")
 RELAY_AVAILABLE = all(hasattr(web.RequestHandler, name) for name in _AIOHTTP_STATE)
 DECISIONS_KEPT = 512  # request heads remembered with their verdict (clients repeat theirs)
+MAX_HELD = 64 * 1024 * 1024  # an answer held for a rewrite; a bigger one is passed on as it is
 _UNSEEN = object()
 
 
@@ -73,13 +81,15 @@ def plain_request(data: bytes) -> tuple[str, str, bool] | None:
 class PassThroughServer(web.Server):
     """aiohttp's low-level server whose connections relay plain calls straight to dockerd."""
 
-    def __init__(self, handler, *, docker_path: str, intercepts: Intercepts, **kwargs):
+    def __init__(self, handler, *, docker_path: str, intercepts: Intercepts,
+                 answer_rewrites: AnswerRewrites = lambda method, path: None, **kwargs):
         super().__init__(handler, **kwargs)
         self._docker_path = docker_path
         self._intercepts = intercepts
-        # a request head -> its method if it is relayed, else None.  A client sends the same
-        # head for the same call, byte for byte, so most calls are decided by one lookup.
-        self._decisions: dict[bytes, str | None] = {}
+        self._answer_rewrites = answer_rewrites
+        # a request head -> its verdict.  A client sends the same head for the same
+        # call, byte for byte, so most calls are decided by one lookup.
+        self._decisions: dict[bytes, Verdict] = {}
         # what web.Server passes on to each connection's handler
         self._handler_kwargs = {k: v for k, v in kwargs.items()
                                 if k not in ("request_factory", "handler_cancellation", "loop")}
@@ -90,19 +100,21 @@ class PassThroughServer(web.Server):
         return PassThroughHandler(self, loop=self._loop, docker_path=self._docker_path,
                                   decide=self.decide, decisions=self._decisions, **self._handler_kwargs)
 
-    def decide(self, data: bytes) -> str | None:
-        """The method of a request to relay as it is, or None for aiohttp's path."""
+    def decide(self, data: bytes) -> Verdict:
+        """(method, rewrite of its answer's body or None) of a request to relay, or None for aiohttp's path."""
         request = plain_request(data)
-        method = request[0] if request is not None and not self._intercepts(*request) else None
+        verdict = None
+        if request is not None and not self._intercepts(*request):
+            verdict = request[0], self._answer_rewrites(request[0], request[1])
         if len(self._decisions) >= DECISIONS_KEPT:
             self._decisions.clear()
-        self._decisions[data] = method
-        return method
+        self._decisions[data] = verdict
+        return verdict
 
 
 class PassThroughHandler(web.RequestHandler):
-    def __init__(self, manager, *, docker_path: str, decide: Callable[[bytes], str | None],
-                 decisions: dict[bytes, str | None], **kwargs):
+    def __init__(self, manager, *, docker_path: str, decide: Callable[[bytes], Verdict],
+                 decisions: dict[bytes, Verdict], **kwargs):
         super().__init__(manager, **kwargs)
         self._docker_path = docker_path
         self._decide = decide
@@ -110,7 +122,7 @@ class PassThroughHandler(web.RequestHandler):
         self._docker: asyncio.Transport | None = None  # this connection's own connection to dockerd
         self._connecting: list[bytes] | None = None  # requests written once it is open
         self._connect_task: asyncio.Task | None = None
-        self._answers: deque[ResponseEnd] = deque()  # relayed requests not yet fully answered, oldest first
+        self._answers: deque[_Relayed] = deque()  # relayed requests not yet fully answered, oldest first
         self._held: bytearray | None = None  # bytes for aiohttp, waiting for relayed answers to end
         self._aiohttp_partial = False  # aiohttp holds part of a request head
 
@@ -120,11 +132,11 @@ class PassThroughHandler(web.RequestHandler):
             self._held += data
             return
         if self._aiohttp_idle():
-            method = self._decisions.get(data, _UNSEEN)
-            if method is _UNSEEN:
-                method = self._decide(data)
-            if method is not None:
-                self._relay_request(data, method)
+            verdict = self._decisions.get(data, _UNSEEN)
+            if verdict is _UNSEEN:
+                verdict = self._decide(data)
+            if verdict is not None:
+                self._relay_request(data, *verdict)
                 return
         if self._answers:
             # aiohttp's answer must not overtake a relayed one: wait for it to end
@@ -142,8 +154,8 @@ class PassThroughHandler(web.RequestHandler):
         return (waiter is not None and not waiter.done() and not self._messages and not self._aiohttp_partial
                 and not self._upgraded and self._payload_parser is None)
 
-    def _relay_request(self, data: bytes, method: str):
-        self._answers.append(ResponseEnd(method))
+    def _relay_request(self, data: bytes, method: str, rewrite: BodyRewrite | None):
+        self._answers.append(_Relayed(ResponseEnd(method), rewrite))
         # a connection busy with relayed calls is not idle to aiohttp's keep-alive timer
         self._next_keepalive_close_time = self._loop.time() + self.keepalive_timeout
         if self._docker is not None:
@@ -187,23 +199,53 @@ class PassThroughHandler(web.RequestHandler):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(data)
+        answers = self._answers
         try:
-            while self._answers:
-                used = self._answers[0].feed(data)
+            while answers:
+                answer = answers[0]
+                used = answer.end.feed(data)
+                piece = data if used is None or used == len(data) else data[:used]
+                if answer.rewrite is None:
+                    transport.write(piece)
+                else:
+                    self._hold(answer, piece, used is not None)
                 if used is None:
                     return
-                self._answers.popleft()
-                if used == len(data):
-                    break
+                answers.popleft()
+                if answer.end.closes:
+                    # dockerd closes after this answer (the request said so, or was HTTP/1.0): so do we
+                    answers.clear()
+                    transport.close()
+                    return
                 data = data[used:]  # the next answer, to a pipelined request
+                if not data:
+                    break
         except MalformedResponse:
             # cannot tell where answers end any more: as a broken connection to dockerd
-            self._answers.clear()
+            held = answers[0].held if answers else None
+            transport.write(bytes(held or b"") + data)
+            answers.clear()
             transport.close()
             return
-        if not self._answers:
+        if data:
+            transport.write(data)  # more than was asked for: passed on, as dockerd sent it
+        if not answers:
             self._release_held()
+
+    def _hold(self, answer: "_Relayed", piece: bytes, complete: bool):
+        """Keep an answer until it is whole, then send it on through its rewrite."""
+        if answer.held is None:
+            if complete:  # the usual: the whole answer in one read
+                self.transport.write(rewrite_answer(piece, answer.rewrite))
+                return
+            answer.held = bytearray()
+        answer.held += piece
+        if complete:
+            self.transport.write(rewrite_answer(bytes(answer.held), answer.rewrite))
+            answer.held = None
+        elif len(answer.held) > MAX_HELD:
+            self.transport.write(answer.held)  # too big to hold: the rest goes on as it comes
+            answer.held = answer.rewrite = None
 
     def docker_closed(self, docker: asyncio.Transport):
         if docker is not self._docker:
@@ -211,6 +253,9 @@ class PassThroughHandler(web.RequestHandler):
         self._docker = None
         if self._answers:
             # an answer cut short, or one that ends at the close: the client must see the close too
+            held = self._answers[0].held
+            if held and self.transport is not None:
+                self.transport.write(held)
             self._answers.clear()
             if self.transport is not None:
                 self.transport.close()
@@ -243,6 +288,16 @@ class PassThroughHandler(web.RequestHandler):
         if self._answers:  # still relaying an answer (events, logs -f): not an idle connection
             self._next_keepalive_close_time = self._loop.time() + self.keepalive_timeout
         super()._process_keepalive()
+
+
+class _Relayed:
+    """A relayed request's answer: where it ends, and the rewrite it is held whole for (if any)."""
+    __slots__ = ("end", "rewrite", "held")
+
+    def __init__(self, end: ResponseEnd, rewrite: BodyRewrite | None):
+        self.end = end
+        self.rewrite = rewrite
+        self.held: bytearray | None = None
 
 
 class _DockerSide(asyncio.Protocol):

@@ -22,6 +22,7 @@ class ResponseEnd:
 
     until_close: the response runs until the connection closes (no length given,
     or 101 Switching Protocols); feed() then never reports an end.
+    closes: the response says the connection closes after it (Connection: close).
     """
 
     def __init__(self, request_method: str):
@@ -30,6 +31,7 @@ class ResponseEnd:
         self._buf = bytearray()  # a head or line split across reads
         self._left = 0
         self.status: int | None = None
+        self.closes = False
 
     @property
     def until_close(self) -> bool:
@@ -142,6 +144,10 @@ class ResponseEnd:
         if data[:5] != b"HTTP/" or data[8:9] != b" " or not data[9:12].isdigit() or end < 12:
             raise MalformedResponse(f"bad status line {data[:min(end, 60)]!r}")
         self.status = status = int(data[9:12])
+        first = data.find(b"\r\n", 0, end)
+        headers = data[first:end + 2].lower() if first >= 0 else b""  # each header between CRLFs
+        if (i := headers.find(b"\r\nconnection:")) >= 0:
+            self.closes = b"close" in (t.strip() for t in header_value(headers, i + 13).split(b","))
         if status == 101:
             self._state = _UNTIL_CLOSE  # another protocol from here on
             return
@@ -150,11 +156,9 @@ class ResponseEnd:
         if self._no_body or status == 204 or status == 304:
             self._state = _DONE
             return
-        first = data.find(b"\r\n", 0, end)
-        if first < 0:
+        if not headers:
             self._state = _UNTIL_CLOSE  # no headers at all: no length
             return
-        headers = data[first:end + 2].lower()  # each header between a CRLF before and one after
         if (i := headers.find(b"\r\ntransfer-encoding:")) >= 0:
             # chunked last: chunked framing; any other coding: until close
             self._state = _CHUNK_SIZE if header_value(headers, i + 20).endswith(b"chunked") else _UNTIL_CLOSE

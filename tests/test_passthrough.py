@@ -161,8 +161,19 @@ class ScriptedDocker:
                     writer.write(b"0\r\n\r\n")
                 elif path == "/big":
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (64 << 20) + b"b" * (64 << 20))
-                elif path == "/bye":
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbye")
+                elif path == "/held/split":
+                    # one answer in three reads, the word the rewrite looks for cut by a chunk boundary
+                    writer.write(b"HTTP/1.1 200 OK\r\nServer: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nplease")
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                    writer.write(b"\r\n3\r\n wr\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                    writer.write(b"5\r\nap me\r\n0\r\n\r\n")
+                elif path in ("/bye", "/idle-close"):
+                    # /bye says it closes; /idle-close closes unannounced (an idle keep-alive timing out)
+                    closes = b"Connection: close\r\n" if path == "/bye" else b""
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n%s\r\nbye" % closes)
                     await writer.drain()
                     writer.close()
                     return
@@ -171,6 +182,15 @@ class ScriptedDocker:
                 await writer.drain()
         finally:
             self.open -= 1
+
+
+def shout(body: bytes) -> bytes | None:
+    """The test's answer rewrite: only bodies asking for it change."""
+    return body.upper() if b"wrap" in body else None
+
+
+def held(method, path):
+    return shout if path.startswith("/held") else None
 
 
 @pytest.fixture
@@ -186,10 +206,11 @@ async def relay(tmp_path):
         handled.append(request.path)
         if request.path.endswith("/start"):
             return web.Response(text="attached")  # what the proxy answers itself
-        return await upstream.forward(request)
+        return await upstream.forward(request, rewrite=held(request.method, request.path))
 
     server = PassThroughServer(handle, docker_path=docker_path, keepalive_timeout=0.5, access_log=None,
-                               intercepts=lambda method, path, upgrade: path.endswith("/start"))
+                               intercepts=lambda method, path, upgrade: path.endswith("/start"),
+                               answer_rewrites=held)
     runner = web.ServerRunner(server, handle_signals=False)
     await runner.setup()
     await web.UnixSite(runner, proxy_path).start()
@@ -275,12 +296,21 @@ async def test_a_client_that_leaves_a_stream_closes_it_at_dockerd(relay):
 async def test_dockerd_closing_the_connection(relay):
     docker, sock, _ = relay
     reader, writer = await asyncio.open_unix_connection(sock)
-    writer.write(get("/bye"))
+    writer.write(get("/idle-close"))
     assert (await read_answer(reader)).endswith(b"bye")
     await asyncio.sleep(0.1)
     writer.write(get("/_ping"))  # an idle connection closed by dockerd: the next call opens another
     assert await read_answer(reader) == ODD
     assert [n for n, _ in docker.seen] == [0, 1]
+    writer.close()
+
+
+async def test_an_answer_that_says_the_connection_closes_closes_the_clients(relay):
+    docker, sock, _ = relay
+    reader, writer = await asyncio.open_unix_connection(sock)
+    writer.write(get("/bye"))
+    data = await asyncio.wait_for(reader.read(), 0.25)  # at once, not when keep-alive gives up
+    assert data.endswith(b"Connection: close\r\n\r\nbye")
     writer.close()
 
 
@@ -318,4 +348,50 @@ async def test_under_an_aiohttp_without_the_state_it_reads_every_call_takes_aioh
     writer.write(get("/v1.41/containers/json"))
     assert (await read_answer(reader)).endswith(b"plain")
     assert handled == ["/v1.41/containers/json"]
+    writer.close()
+
+
+SHOUTED = b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 14\r\n\r\nPLEASE WRAP ME"
+
+
+async def test_an_answer_held_for_a_rewrite_is_sent_whole_and_in_order(relay):
+    docker, sock, handled = relay
+    reader, writer = await asyncio.open_unix_connection(sock)
+    writer.write(get("/held/split"))
+    await asyncio.sleep(0.02)
+    writer.write(get("/v1.41/info"))  # asked while the first answer is held: it waits for that one
+    data = b""
+    while len(data) < len(SHOUTED + ODD):
+        chunk = await asyncio.wait_for(reader.read(65536), 5)
+        assert chunk, data
+        data += chunk
+    assert data == SHOUTED + ODD
+    writer.write(get("/held/plain"))  # nothing to change: dockerd's bytes
+    assert await read_answer(reader) == ODD
+    assert handled == []
+    writer.close()
+
+
+async def test_an_answer_too_big_to_hold_goes_on_unchanged(relay, monkeypatch):
+    from weavepy.proxy import passthrough
+    monkeypatch.setattr(passthrough, "MAX_HELD", 40)
+    docker, sock, _ = relay
+    reader, writer = await asyncio.open_unix_connection(sock)
+    writer.write(get("/held/split"))
+    answer = await read_answer(reader)
+    assert answer.endswith(b"5\r\nap me\r\n0\r\n\r\n") and b"PLEASE" not in answer
+    writer.close()
+
+
+async def test_through_aiohttps_path_the_same_rewrite_applies(relay, monkeypatch):
+    from weavepy.proxy import passthrough
+    monkeypatch.setattr(passthrough, "RELAY_AVAILABLE", False)
+    docker, sock, handled = relay
+    reader, writer = await asyncio.open_unix_connection(sock)
+    writer.write(get("/held/split"))
+    answer = await read_answer(reader)
+    assert answer.endswith(b"\r\n\r\nPLEASE WRAP ME") and b"Content-Length: 14" in answer
+    writer.write(get("/held/plain"))
+    assert (await read_answer(reader)).endswith(b"plain")
+    assert handled == ["/held/split", "/held/plain"]
     writer.close()
