@@ -4,9 +4,13 @@ Every request is forwarded unchanged except:
   create        -> WEAVE_CIDR checked (400 naming a bad token, nothing created), weavewait
                    put in front of the entrypoint, hostname/DNS settings added;
   start/restart -> answered only once the container is attached (or killed, 500, on failure);
-  exec create   -> exec'd commands wait for the network too;
+  exec create   -> an exec'd command waits for the network too, while the container's is not up;
+  commit        -> the image is committed without the wait helper;
   attach, exec start and any other protocol switch (BuildKit sessions) -> the connection is
                    taken over and spliced (see forward.py).
+Answers that would show the wait helper (container listings, inspects and changes, exec
+inspects) are put back as they would read without it (see unwrap.py); every other answer
+is dockerd's, byte for byte.
 Containers that Docker starts by itself (restart policies, other clients) are attached
 from the event stream.
 """
@@ -29,7 +33,7 @@ from weavepy.host_network import UserError
 from weavepy.ipam.request import AddressError
 
 from . import create as create_rewrite
-from . import tls_terminator
+from . import tls_terminator, unwrap
 from .forward import Upstream, error
 from .hostname import derive
 from .passthrough import PassThroughServer
@@ -42,7 +46,14 @@ CREATE = re.compile(V + r"/containers/create$")
 START = re.compile(V + r"/containers/([^/]+)/(?:re)?start$")
 EXEC_CREATE = re.compile(V + r"/containers/([^/]+)/exec$")
 INSPECT = re.compile(V + r"/containers/([^/]+)/json$")
+LIST = re.compile(V + r"/containers/json$")
+CHANGES = re.compile(V + r"/containers/([^/]+)/changes$")
+EXEC_INSPECT = re.compile(V + r"/exec/([^/]+)/json$")
+COMMIT = re.compile(V + r"/commit$")
 HIJACKED = re.compile(V + r"/(?:containers/[^/]+/attach|exec/[^/]+/start)$")
+# what the relay passes on itself (holding the answer for a rewrite); the rest is aiohttp's
+RELAYED = frozenset(("forward", "list", "inspect", "exec_inspect"))
+WRAPPED_EXECS_KEPT = 4096  # exec IDs remembered as put behind /w/w, for their inspects
 SOCKET_PATH = "/run/weavepy/weave.sock"
 MAX_REQUEST_BODY = 64 * 1024 * 1024  # what the proxy reads whole: create and exec bodies
 INTERNAL_SOCKET_PATH = "/run/weavepy/weave-tls-backend.sock"
@@ -80,6 +91,10 @@ class DockerProxy:
         self.upstream = Upstream(config.docker_host)
         self.match = re.compile(config.hostname_match)
         self.pending_starts: set[str] = set()  # container IDs whose start request waits for attach
+        self.attaching: set[str] = set()  # container IDs being attached right now
+        self.wrapped_execs: dict[str, None] = {}  # exec IDs put behind /w/w, oldest first
+        self.answer_bodies = {"list": lambda body: unwrap.listing(body, wait_dir),
+                              "inspect": lambda body: unwrap.inspect(body, wait_dir)}
         self.runners: list[web.BaseRunner] = []
         self.servers: list[asyncio.AbstractServer] = []
         self.addresses: list[str] = []
@@ -94,23 +109,26 @@ class DockerProxy:
         # plain calls go around aiohttp's request objects (see passthrough.py);
         # auto_decompress off: a gzip request body (docker build) must reach dockerd still gzipped
         server = PassThroughServer(self.handle, request_factory=make_request, docker_path=self.upstream.path,
-                                   intercepts=self.intercepts,
+                                   intercepts=self.intercepts, answer_rewrites=self.answer_rewrite,
                                    access_log=None, auto_decompress=False)
         runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         self.runners.append(runner)
-        unix = [h for h in self.hosts if h.startswith("unix://") or h.startswith("/")]
-        tcp = [h for h in self.hosts if h not in unix]
+        unix = [unix_path(h) for h in self.hosts if is_unix(h)]
+        tcp = [h for h in self.hosts if not is_unix(h)]
         tls = self._ssl_context()
-        # TLS is terminated in front of a unix socket (see tls_terminator): the public one,
+        # TLS is terminated in front of a unix socket (see tls_terminator): a public one,
         # or an internal one when only TCP was asked for
-        backend = SOCKET_PATH if unix else (INTERNAL_SOCKET_PATH if tls and tcp else None)
-        if backend:
-            os.makedirs(os.path.dirname(backend), exist_ok=True)
-            if os.path.exists(backend):
-                os.unlink(backend)
-            await web.UnixSite(runner, backend).start()
-            os.chmod(backend, 0o600 if backend == INTERNAL_SOCKET_PATH else 0o660)
+        internal = INTERNAL_SOCKET_PATH if tls and tcp and not unix else None
+        for path in unix + ([internal] if internal else []):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            remove_socket(path)  # one left by an earlier run
+            await web.UnixSite(runner, path).start()
+            if path == internal:
+                os.chmod(path, 0o600)
+            else:
+                self._match_docker_socket_permissions(path)
+        backend = unix[0] if unix else internal
         for host in tcp:
             addr = host[len("tcp://"):] if host.startswith("tcp://") else host
             h, _, p = addr.rpartition(":")
@@ -119,9 +137,7 @@ class DockerProxy:
             else:
                 await web.TCPSite(runner, h or "0.0.0.0", int(p)).start()
             self.addresses.append(f"tcp://{addr}")
-        if unix:
-            self._match_docker_socket_permissions()
-            self.addresses.append(f"unix://{SOCKET_PATH}")
+        self.addresses += [f"unix://{path}" for path in unix]
 
     def _ssl_context(self):
         if not (self.opts.tls or self.opts.tlsverify):
@@ -133,13 +149,16 @@ class DockerProxy:
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
 
-    def _match_docker_socket_permissions(self):
+    def _match_docker_socket_permissions(self, path: str):
+        """docker-group users may use the proxy as they may use dockerd."""
         try:
             st = os.stat(self.upstream.path)
-            os.chmod(SOCKET_PATH, stat.S_IMODE(st.st_mode))
-            os.chown(SOCKET_PATH, -1, st.st_gid)
         except OSError as exc:
             log.warning("cannot copy the Docker socket's permissions: %s", exc)
+            os.chmod(path, 0o660)
+            return
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+        os.chown(path, -1, st.st_gid)
 
     async def close(self):
         for server in self.servers:
@@ -147,10 +166,23 @@ class DockerProxy:
         for r in self.runners:
             await r.cleanup()
         await self.upstream.close()
+        for address in self.addresses:
+            if address.startswith("unix://"):
+                try:
+                    remove_socket(address[len("unix://"):])  # a stopped proxy leaves no socket
+                except OSError:
+                    pass
 
     # -- dispatch ---------------------------------------------------------------
     def intercepts(self, method: str, path: str, upgrade: bool) -> bool:
-        return route(method, path, upgrade, self.opts.rewrite_inspect)[0] != "forward"
+        return route(method, path, upgrade, self.opts.rewrite_inspect)[0] not in RELAYED
+
+    def answer_rewrite(self, method: str, path: str) -> unwrap.BodyRewrite | None:
+        """What a relayed request's answer body goes through before the client sees it, if anything."""
+        kind, name = route(method, path, False, self.opts.rewrite_inspect)
+        if kind == "exec_inspect":
+            return lambda body: unwrap.exec_inspect(body) if name in self.wrapped_execs else None
+        return self.answer_bodies.get(kind)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         kind, name = route(request.method, request.path, asks_upgrade(request), self.opts.rewrite_inspect)
@@ -163,9 +195,13 @@ class DockerProxy:
                 return await self.exec_create(request, name)
             if kind == "hijack":
                 return await self.upstream.hijack(request)
-            if kind == "inspect":
+            if kind == "weave_inspect":
                 return await self.inspect(request)
-            return await self.upstream.forward(request)
+            if kind == "changes":
+                return await self.changes(request, name)
+            if kind == "commit":
+                return await self.commit(request)
+            return await self.upstream.forward(request, rewrite=self.answer_rewrite(request.method, request.path))
         except DockerError as exc:
             return error(exc.status, str(exc))
 
@@ -240,6 +276,7 @@ class DockerProxy:
                           self.opts.default_ipalloc)
         if not decision.attach:
             return None
+        self.attaching.add(cid)
         try:
             await self.network.attach(cid, list(decision.tokens), multicast_route=self.opts.multicast_route,
                                       without_dns=self.dns_address is None,
@@ -247,6 +284,8 @@ class DockerProxy:
                                       add_hosts=info["HostConfig"].get("ExtraHosts") or [])
         except UserError as exc:
             return str(exc)
+        finally:
+            self.attaching.discard(cid)
         return None
 
     async def container_started(self, cid: str):
@@ -268,7 +307,7 @@ class DockerProxy:
             if cid not in self.pending_starts and not self.network.allocator.addresses(cid):
                 await self.container_started(cid)
 
-    # -- exec and inspect ---------------------------------------------------------
+    # -- exec, inspect, changes, commit ----------------------------------------------
     async def exec_create(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
         raw = await request.read()
         try:
@@ -276,19 +315,45 @@ class DockerProxy:
             info = await self.docker.inspect(name)
         except (json.JSONDecodeError, UnicodeDecodeError, DockerError):
             return await self.upstream.forward(request, raw)
-        if not isinstance(body, dict) or not is_proxied(info):
+        # once the network is up the command goes to runc as it is: its errors and exit codes are Docker's
+        if not isinstance(body, dict) or not is_proxied(info) or await self._network_up(info):
             return await self.upstream.forward(request, raw)
         cmd = body.get("Cmd") or []
         if isinstance(cmd, str):
             cmd = [cmd]
         body["Cmd"] = [create_rewrite.WAIT_PROGRAM] + cmd
-        return await self.upstream.forward(request, json.dumps(body).encode())
+        status, headers, data = await self.upstream.call(request, json.dumps(body).encode())
+        if status == 201:
+            try:
+                self._remember_wrapped_exec(json.loads(data)["Id"])
+            except (ValueError, TypeError, KeyError):
+                pass
+        return web.Response(status=status, body=data, headers=headers)
+
+    async def _network_up(self, info: dict) -> bool:
+        """The container's ethwe is there and no attach is under way: weavewait would not wait."""
+        pid = info.get("State", {}).get("Pid")
+        if not pid or info["Id"] in self.attaching:
+            return False
+        from weavepy.net import veth
+        try:
+            return await asyncio.to_thread(veth.inspect, pid) is not None
+        except Exception:  # gone, or not ours to look into: wait, as weavewait would
+            return False
+
+    def _remember_wrapped_exec(self, exec_id: str):
+        if len(self.wrapped_execs) >= WRAPPED_EXECS_KEPT:
+            del self.wrapped_execs[next(iter(self.wrapped_execs))]
+        self.wrapped_execs[exec_id] = None
 
     async def inspect(self, request: web.BaseRequest) -> web.StreamResponse:
+        """--rewrite-inspect: the weave address where clients look for the container's address."""
         status, headers, data = await self.upstream.call(request)
         if status != 200:
             return web.Response(status=status, body=data, headers=headers)
         info = json.loads(data)
+        if unwrap.is_wrapped(info, self.wait_dir):
+            unwrap.unwrap_inspect(info)
         cidrs = self.network.allocator.addresses(info.get("Id", ""))
         if cidrs and info.get("State", {}).get("Running"):
             ns = info.setdefault("NetworkSettings", {})
@@ -297,12 +362,37 @@ class DockerProxy:
             iface = await asyncio.to_thread(veth.inspect, info["State"]["Pid"])
             if iface:
                 ns["MacAddress"] = iface.mac
-        return web.json_response(info, status=200, headers={k: v for k, v in headers.items()
-                                                             if k.lower() != "content-type"})
+        return web.Response(status=200, body=unwrap.encode(info), headers=headers)
+
+    async def changes(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
+        """docker diff: not the /w mountpoint that dockerd made for weavewait's bind mount."""
+        status, headers, data = await self.upstream.call(request)
+        if status == 200 and unwrap.has_mountpoint_change(data):
+            try:
+                wrapped = unwrap.is_wrapped(await self.docker.inspect(name), self.wait_dir)
+            except DockerError:
+                wrapped = False
+            if wrapped:
+                data = unwrap.changes(data) or data
+        return web.Response(status=status, body=data, headers=headers)
+
+    async def commit(self, request: web.BaseRequest) -> web.StreamResponse:
+        """docker commit: the image starts as the container would have without the proxy."""
+        raw = await request.read()
+        name = request.query.get("container", "")
+        try:
+            info = await self.docker.inspect(name)
+            user = json.loads(raw) if raw.strip() else None
+        except (DockerError, json.JSONDecodeError, UnicodeDecodeError):
+            return await self.upstream.forward(request, raw)  # dockerd words its own error
+        if not unwrap.is_wrapped(info, self.wait_dir) or not isinstance(user, (dict, type(None))):
+            return await self.upstream.forward(request, raw)
+        config = unwrap.commit_config(user, info["Config"])
+        return await self.upstream.forward(request, json.dumps(config).encode(), content_type="application/json")
 
 
 def route(method: str, path: str, upgrade: bool, rewrite_inspect: bool) -> tuple[str, str | None]:
-    """What the proxy does with a request: (kind, container); "forward" means pass it on unchanged."""
+    """What the proxy does with a request: (kind, container or exec); "forward" means pass it on unchanged."""
     if method == "POST":
         if CREATE.match(path):
             return "create", None
@@ -312,11 +402,39 @@ def route(method: str, path: str, upgrade: bool, rewrite_inspect: bool) -> tuple
             return "exec_create", m.group(1)
         if HIJACKED.match(path):
             return "hijack", None
+        if COMMIT.match(path):
+            return "commit", None
     if upgrade:
         return "hijack", None
-    if method == "GET" and rewrite_inspect and (m := INSPECT.match(path)):
-        return "inspect", m.group(1)
+    if method == "GET":
+        if LIST.match(path):
+            return "list", None
+        if m := INSPECT.match(path):
+            return ("weave_inspect" if rewrite_inspect else "inspect"), m.group(1)
+        if m := CHANGES.match(path):
+            return "changes", m.group(1)
+        if m := EXEC_INSPECT.match(path):
+            return "exec_inspect", m.group(1)
     return "forward", None
+
+
+def is_unix(host: str) -> bool:
+    return host.startswith("unix://") or host.startswith("/")
+
+
+def unix_path(host: str) -> str:
+    return host[len("unix://"):] if host.startswith("unix://") else host
+
+
+def remove_socket(path: str) -> None:
+    """The socket at path goes; anything else there is not ours to remove."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(f"{path} exists and is not a socket")
+    os.unlink(path)
 
 
 def asks_upgrade(request: web.BaseRequest) -> bool:

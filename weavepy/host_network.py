@@ -125,6 +125,8 @@ class HostNetwork:
             cid, pid = info["Id"], info["State"]["Pid"]
             cidrs, new = self._acquire(cid, requests, is_container=True)
             try:
+                if rewrite_hosts:  # before ethwe is up: weavewait starts the process once it is
+                    self._rewrite_hosts(info, cidrs, extra_hosts)
                 _, mac = await asyncio.to_thread(veth.attach, pid, cidrs, self.mtu, multicast_route)
             except Exception as exc:
                 self._release(cid, new)
@@ -136,8 +138,6 @@ class HostNetwork:
                                  "without_dns": without_dns, "rewrite_hosts": rewrite_hosts,
                                  "add_hosts": add_hosts or []}
             self.persist()
-            if rewrite_hosts:
-                self._rewrite_hosts(info, cidrs, extra_hosts)
             log.info("attached %s (%s): %s", container, cid[:12], " ".join(map(str, cidrs)))
             return cidrs
 
