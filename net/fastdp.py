@@ -39,7 +39,6 @@ log = logging.getLogger("weavepy.fastdp")
 
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
-OUTER_OVERHEAD = 20 + 8 + 8        # IPv4 + UDP + VXLAN headers around the inner frame
 MAX_FRAME = 65536
 DRAIN_BATCH = 64                    # frames read per wakeup, so a flood cannot starve the loop
 
@@ -89,9 +88,12 @@ class FastDP:
         self.created = dev.created
         flood = {e.dst for e in self._fdb if e.mac == vxlan.FLOOD_MAC}
         self._vteps.adopt(flood, {e.dst for e in self._fdb}, self._loop.time())
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE))
         try:
-            sock.bind((self.bridge, ETHERTYPE))
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE))
+        except OSError as exc:
+            raise FastDPUnavailable(f"fastdp unavailable: no packet socket for heartbeats: {exc.strerror}") from exc
+        try:
+            sock.bind((self.bridge, ETHERTYPE))   # this EtherType on the bridge only: no cost to other traffic
         except OSError as exc:
             sock.close()
             raise FastDPUnavailable(f"fastdp unavailable: cannot listen on bridge {self.bridge}: {exc.strerror}") from exc
@@ -327,7 +329,7 @@ class FastDPConnection:
     def _explain_send_error(self, exc: OSError) -> str:
         ip = self.params.remote_ip
         if exc.errno == errno.EMSGSIZE:
-            return (f"the path to {ip} cannot carry {len(self._frame) + 28}-byte packets: "
+            return (f"the path to {ip} cannot carry {len(self._frame) + 28}-byte packets: "  # + IPv4 + UDP
                     f"MTU {self.overlay.mtu} is too big for the underlay")
         if exc.errno == errno.ECONNREFUSED:
             return f"{self.remote} refused heartbeats (ICMP port unreachable): is fastdp running there?"
