@@ -57,6 +57,11 @@ def rtt_ms(client_ns: str, ip: str) -> float:
     return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))
 
 
+def alternate(r: int) -> list[str]:
+    """fastdp always in the middle, next to both references; the order flips every round."""
+    return ["underlay", "fastdp", "handbuilt"] if r % 2 == 0 else ["handbuilt", "fastdp", "underlay"]
+
+
 def spread(values, digits: int = 2) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
@@ -91,7 +96,7 @@ def main():
             gbps = {name: [] for name in paths}
             vs_underlay, vs_handbuilt, handbuilt_vs_underlay = [], [], []
             for r in range(ROUNDS):
-                order = ["underlay", "fastdp", "handbuilt"] if r % 2 == 0 else ["handbuilt", "fastdp", "underlay"]
+                order = alternate(r)
                 got = {name: iperf(paths[name][0], paths[name][2]) for name in order}
                 for name, value in got.items():
                     gbps[name].append(value)
@@ -102,7 +107,7 @@ def main():
                       f"; fastdp/underlay {vs_underlay[-1]:.2f}, fastdp/handbuilt {vs_handbuilt[-1]:.2f}")
             rtts = {name: [] for name in paths}
             for r in range(3):
-                for name in (["underlay", "fastdp", "handbuilt"] if r % 2 == 0 else ["handbuilt", "fastdp", "underlay"]):
+                for name in alternate(r):
                     rtts[name].append(rtt_ms(paths[name][0], paths[name][2]))
             fastdp_status = a.status()["connections"][str(0xBE4C)]
         finally:
