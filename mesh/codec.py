@@ -22,7 +22,7 @@ def name_to_bytes(name: str) -> bytes:
 
 
 def name_from_bytes(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
+    return raw.hex(":")  # in C: topology updates carry a name for every peer and every connection
 
 
 def short_bytes(data: bytes, what: str) -> bytes:

@@ -140,7 +140,7 @@ class _TopologyGossiper:
         return TopologyUpdate(self._core.topology, self._core.topology.peers)
 
     def on_gossip(self, data: bytes) -> TopologyUpdate | None:
-        return self._core._merge_topology(decode_peers(data))
+        return self._core._merge_topology(decode_peers(data, self._core.topology.is_stale))
 
 
 class MeshCore:

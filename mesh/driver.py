@@ -51,6 +51,7 @@ ACCEPT_INTERVAL = 0.05       # ... refilled one per 50 ms
 CORE_TAGS = frozenset((wire.GOSSIP, wire.GOSSIP_UNICAST, wire.GOSSIP_BROADCAST,
                        wire.PROBE, wire.PROBE_REPLY, wire.CLASH))
 STOP_GRACE = 2.0             # for goodbyes to reach the peers when stopping
+REFRESH_INTERVAL = 0.1       # at most ten redial passes a second
 COUNTERS = ("messages_in", "messages_out", "bytes_in", "bytes_out",
             "malformed_dropped",     # tagged messages we could not read (dropped; the connection carries on)
             "unknown_tags", "protocol_errors",   # protocol_errors: a bad length, which ends the connection
@@ -100,6 +101,9 @@ class MeshRouter:
         self._listener: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None   # uvloop's timer handles have no when()
+        self._refresh_timer: asyncio.TimerHandle | None = None
+        self._last_refresh = float("-inf")
         self._pumping = False
         self._pump_again = False
         self._refresh_wanted = False
@@ -131,8 +135,9 @@ class MeshRouter:
     async def stop(self) -> None:
         """Say goodbye to every peer and close; overlays keep their kernel state."""
         self._running = False
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._refresh_timer):
+            if timer is not None:
+                timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -230,8 +235,7 @@ class MeshRouter:
                 for action in self.core.drain():
                     self._act(action)
                 if self._refresh_wanted and self._running:
-                    self._refresh_wanted = False
-                    self._refresh()
+                    self._refresh_soon()
                 if not self._pump_again:
                     break
         finally:
@@ -266,18 +270,34 @@ class MeshRouter:
         for dial in self.maker.refresh(self._now(), ours, topology):
             self._spawn(self._dial(dial))
 
+    def _refresh_soon(self) -> None:
+        """Redial now, or once REFRESH_INTERVAL after the last time: while a mesh forms, every
+        gossip message changes the topology, and each refresh walks every peer's connections."""
+        now = self._now()
+        if now - self._last_refresh >= REFRESH_INTERVAL:
+            self._refresh_wanted = False
+            self._last_refresh = now
+            self._refresh()
+        elif self._refresh_timer is None:
+            self._refresh_timer = self._loop.call_at(self._last_refresh + REFRESH_INTERVAL, self._deferred_refresh)
+
+    def _deferred_refresh(self) -> None:
+        self._refresh_timer = None
+        self.pump()
+
     def _rearm(self) -> None:
         if not self._running:
             return
         deadlines = [t for t in (self.core.next_deadline(), self.maker.next_deadline()) if t is not None]
         when = min(deadlines, default=None)
         if self._timer is not None:
-            if when is not None and self._timer.when() == when:
+            if when is not None and self._timer_at == when:
                 return
             self._timer.cancel()
             self._timer = None
         if when is not None:
             self._timer = self._loop.call_at(when, self._on_timer)
+            self._timer_at = when
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -14,6 +14,7 @@ a host not yet created) is a target that retries, not a refused command.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import random
 import re
@@ -84,6 +85,7 @@ class Dial:
     direct: bool       # the user named it: any peer may answer.  Discovered: only a peer we know.
 
 
+@functools.lru_cache(maxsize=4096)   # discovery parses every address in every topology refresh
 def parse_address(peer: str) -> tuple[str, int | None]:
     """`host[:port]` -> (host, port or None).  IPv4 literals and DNS names, as Weave (tcp4)."""
     invalid = ValueError(f'invalid peer name "{peer}", should be host[:port]')

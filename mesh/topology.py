@@ -22,9 +22,9 @@ import functools
 import ipaddress
 import struct
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
-from .codec import Reader, name_to_bytes, short_text
+from .codec import NAME_LEN, Reader, name_to_bytes, short_text
 from .wire import ProtocolError
 
 FORMAT = 1
@@ -100,8 +100,13 @@ def encode_peers(peers: Iterable[PeerInfo], message_size: int = MESSAGE_SIZE) ->
     return messages
 
 
-def decode_peers(data: bytes) -> list[PeerInfo]:
-    """Parse and check one update; raises ProtocolError, and nothing else, on any malformed input."""
+def decode_peers(data: bytes, stale: Callable[[str, int, int], bool] | None = None) -> list[PeerInfo]:
+    """Parse and check one update; raises ProtocolError, and nothing else, on any malformed input.
+
+    `stale(name, uid, version)` says an entry cannot win (we hold it or a newer one): its
+    connections are stepped over, not decoded.  Gossip brings each entry many times over, by
+    every path, so this is most of the work of a mesh that is forming.
+    """
     reader = Reader(data)
     if (fmt := reader.u8("topology format")) != FORMAT:
         raise ProtocolError(f"unknown topology format {fmt}")
@@ -120,6 +125,11 @@ def decode_peers(data: bytes) -> list[PeerInfo]:
             raise ProtocolError(f"peer {name} with UID 0 (reserved for placeholders)")
         if count > MAX_PEER_CONNECTIONS:
             raise ProtocolError(f"peer {name} lists {count} connections, more than {MAX_PEER_CONNECTIONS}")
+        if stale is not None and stale(name, uid, version):
+            for _ in range(count):
+                reader.take(NAME_LEN + 1, "connection")
+                reader.short_bytes("address")
+            continue
         connections: dict[str, ConnSummary] = {}
         for _ in range(count):
             remote = reader.name("connection's peer name")
@@ -133,7 +143,7 @@ def decode_peers(data: bytes) -> list[PeerInfo]:
                 raise ProtocolError(f"connection address {address!r} is not ip:port")
             connections[remote] = ConnSummary(address, bool(flags & _FLAG_OUTBOUND), bool(flags & _FLAG_ESTABLISHED))
         peers.append(PeerInfo(name, nickname, uid, version, connections))
-    if not peers:
+    if not seen:
         raise ProtocolError("empty topology update")
     return peers
 
@@ -210,6 +220,11 @@ class Topology:
     def _wins(self, entry: PeerInfo) -> bool:
         known = self.peers.get(entry.name)
         return known is None or (entry.version, entry.uid) > (known.version, known.uid)
+
+    def is_stale(self, name: str, uid: int, version: int) -> bool:
+        """An entry that would not win, and is not about us (those always need a look)."""
+        known = self.peers.get(name)
+        return name != self.name and known is not None and (version, uid) <= (known.version, known.uid)
 
     def _about_ourselves(self, entry: PeerInfo, merged: Merged) -> None:
         me = self.ourself
