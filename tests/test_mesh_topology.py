@@ -222,3 +222,18 @@ def test_a_waiting_update_is_encoded_from_the_newest_entries():
     topology.add_local_connection(name(2), "two", 2, "10.0.0.2:6783", outbound=True)
     [message] = waiting.encode()
     assert {p.name: p.version for p in decode_peers(message)} == {US: 1, name(2): 0}
+
+
+@settings(max_examples=200)
+@given(updates, updates)
+def test_stepping_over_stale_entries_merges_exactly_as_decoding_them_all(known, incoming):
+    """The fast path for gossip we already have: the same table as a full decode would give."""
+    full, fast = Topology(US, "us", 1), Topology(US, "us", 1)
+    for t in (full, fast):
+        t.apply_update(known)
+    data = b"".join(encode_peers(incoming))
+    full.apply_update(decode_peers(data))
+    fast.apply_update(decode_peers(data, fast.is_stale))
+    assert full.peers == fast.peers
+    skipped = [p for p in decode_peers(data) if fast.is_stale(p.name, p.uid, p.version)]
+    assert all(p.name not in {q.name for q in decode_peers(data, fast.is_stale)} for p in skipped)
