@@ -195,3 +195,72 @@ async def test_accepts_are_throttled_past_a_burst_of_twenty():
             writer.close()
     finally:
         await router.stop()
+
+
+# -- a hundred thousand inputs across every decoder a peer can reach ---------------------------------
+
+def _valid_samples():
+    """One well-formed input per decoder, for truncating and corrupting."""
+    from weavepy.mesh import gossip
+    from weavepy.mesh.clash import Clash, encode_report
+    from weavepy.mesh.topology import ConnSummary, PeerInfo, encode_peers
+    from weavepy.net import fastdp_heartbeat as hb
+    a, b = "aa:00:00:00:00:01", "bb:00:00:00:00:02"
+    peers = [PeerInfo(b, "b", 9, 3, {a: ConnSummary("10.0.0.1:6783", True, True)})]
+    return {
+        "handshake": GOOD_STREAM,
+        "framing": frame(wire.encode(wire.GOSSIP, b"x" * 40)) * 2,
+        "tagged": wire.encode(wire.GOODBYE, wire.encode_goodbye("bye")),
+        "goodbye": wire.encode_goodbye("shutting down"),
+        "overlay": wire.encode_overlay(0, b"\x00"),
+        "topology": encode_peers(peers)[0],
+        "gossip": gossip.encode_gossip("topology", b"payload"),
+        "unicast": gossip.encode_unicast("ipam", a, b, b"payload"),
+        "broadcast": gossip.encode_broadcast("dns", a, b"payload"),
+        "clash": encode_report(Clash(a, ("x", "y"), "10.0.0.3:6783", "message")),
+        "heartbeat": hb.encode_heartbeat(a, b, 42, 1376),
+        "control": b"\x00",
+    }
+
+
+def _decoders():
+    from weavepy.mesh import gossip
+    from weavepy.mesh.clash import decode_report
+    from weavepy.mesh.topology import decode_peers
+    from weavepy.net import fastdp_heartbeat as hb
+
+    def framing(data):
+        MessageDecoder().messages(data)
+    return {
+        "handshake": lambda d: feed_handshake(d, []),
+        "framing": framing, "tagged": wire.decode, "goodbye": wire.decode_goodbye,
+        "overlay": wire.decode_overlay, "topology": decode_peers, "gossip": gossip.decode_gossip,
+        "unicast": gossip.decode_unicast, "broadcast": gossip.decode_broadcast,
+        "clash": lambda d: decode_report(d, "aa:00:00:00:00:01"),
+        "heartbeat": hb.decode_heartbeat, "control": hb.decode_control,
+    }
+
+
+def test_a_hundred_thousand_random_truncated_and_corrupted_inputs():
+    rng = random.Random(2026)
+    samples, decoders = _valid_samples(), _decoders()
+    kinds = sorted(decoders)
+    outcomes = {"refused": 0, "accepted": 0}
+    for i in range(100_000):
+        kind = kinds[i % len(kinds)]
+        good = samples[kind]
+        how = rng.randrange(3)
+        if how == 0:
+            data = rng.randbytes(rng.randrange(0, 200))
+        else:
+            data = bytearray(good[:rng.randrange(len(good) + 1)] if how == 1 else good)
+            for _ in range(rng.randint(0, 3)):
+                if data:
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+            data = bytes(data)
+        try:
+            decoders[kind](data)
+            outcomes["accepted"] += 1
+        except ProtocolError:  # HandshakeError is one; nothing else may escape
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 50_000 and outcomes["accepted"] > 1_000, outcomes

@@ -126,6 +126,11 @@ def test_walkthrough_two_hosts_one_network(pair):
     for src, sc, dst, dc, ip in ((h1, "c1", h2, "c2", "10.2.1.2"), (h2, "c2", h1, "c1", "10.2.1.1")):
         assert tcp_transfer(src, sc, dst, dc, ip, 4 << 20)
 
+    # /metrics counts what the fast path carried, and the connection by state and overlay
+    assert metric(h1, "weave_bytes_total", path="fastdp", direction="tx") >= 4 << 20
+    assert metric(h1, "weave_frames_total", path="fastdp", direction="rx") > 0
+    assert metric(h2, "weave_connections", state="established", type="fastdp") == 1
+
     # the kernel carries it: a VXLAN device on the bridge, flooding to the other host
     fdb = h1.run("bridge fdb show dev vxlan-6784").stdout
     assert f"00:00:00:00:00:00 dst {h2.ip}" in fdb
