@@ -361,6 +361,7 @@ async def test_gossip_crosses_the_connections(mesh):
     routers[1].connect([address(routers[2])])
     await until(lambda: all(len(r.report()["Peers"]) == 3 for r in routers), what="topology")
     await until(lambda: name(3) in dict((u["Dest"], u["Via"]) for u in routers[0].report()["UnicastRoutes"]))
+    await until(lambda: name(1) in dict((u["Dest"], u["Via"]) for u in routers[2].report()["UnicastRoutes"]))
     sets[0].items.add("from-1")
     channels[0].broadcast(Items.Data({"from-1"}))
     channels[2].unicast(name(1), b"to-1")
