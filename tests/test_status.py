@@ -33,3 +33,26 @@ def test_status_ipam_is_empty_until_the_ring_exists_then_one_line_per_peer():
     assert rep["IPAM"]["Status"] == "ready"
     line = status.ipam_text(rep)
     assert line == f"{PEER + '(host1)':<37}  1048576 IPs (100.0% of total) (1 active)\n"
+
+
+def test_connection_lines_and_counts_are_in_weaves_format():
+    _, rep = report(["10.0.0.3"])
+    rep["Router"]["Connections"] = [
+        {"Address": "10.0.0.2:6783", "Outbound": True, "State": "established", "Info": "fastdp 5a:00:00:00:00:02(h2)",
+         "Attrs": {"name": "fastdp", "mtu": 1376, "established": True, "healthy": True}},
+        {"Address": "10.0.0.4:41000", "Outbound": False, "State": "established", "Info": "fastdp 5a:00:00:00:00:04(h4)",
+         "Attrs": {"name": "fastdp", "mtu": 1376, "healthy": False}},
+        {"Address": "10.0.0.3:6783", "Outbound": True, "State": "failed",
+         "Info": "dial tcp4 10.0.0.3:6783: connect: connection refused, retry: never", "Attrs": {}},
+    ]
+    rep["Router"]["Peers"] = [{"Name": "a", "NickName": "h1", "Connections": [{"Established": True}] * 2},
+                              {"Name": "b", "NickName": "h2", "Connections": [{"Established": True}]},
+                              {"Name": "c", "NickName": "h4", "Connections": [{"Established": False}]}]
+    assert status.connections_text(rep).splitlines() == [
+        "-> 10.0.0.2:6783          established fastdp 5a:00:00:00:00:02(h2) mtu=1376",
+        "<- 10.0.0.4:41000         established fastdp 5a:00:00:00:00:04(h4) healthy=False mtu=1376",
+        "-> 10.0.0.3:6783          failed      dial tcp4 10.0.0.3:6783: connect: connection refused, retry: never",
+    ]
+    text = status.status_text(rep)
+    assert "    Connections: 3 (2 established, 1 failed)\n" in text
+    assert "          Peers: 3 (with 3 established, 1 pending connections)\n" in text

@@ -140,7 +140,11 @@ def connections_text(report: dict) -> str:
     """`-> 10.0.0.2:6783  established fastdp 5a:..(host2) mtu=1376`, as `weave status connections`."""
     out = []
     for c in report["Router"]["Connections"]:
-        attrs = " ".join(f"{k}={v}" for k, v in sorted((c.get("Attrs") or {}).items()) if k != "name")
+        # Weave prints the overlay's attributes but its name; the state column already says established,
+        # and health is news only when it is bad
+        shown = {k: v for k, v in (c.get("Attrs") or {}).items()
+                 if k not in ("name", "established") and not (k == "healthy" and v)}
+        attrs = " ".join(f"{k}={v}" for k, v in sorted(shown.items()))
         line = f"{'->' if c.get('Outbound') else '<-'} {c['Address']:<21} {c['State']:<11} {c.get('Info', '')}"
         out.append(f"{line} {attrs}".rstrip() if attrs else line.rstrip())
     return "".join(line + "\n" for line in out)
