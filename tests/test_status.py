@@ -49,9 +49,9 @@ def test_connection_lines_and_counts_are_in_weaves_format():
                               {"Name": "b", "NickName": "h2", "Connections": [{"Established": True}]},
                               {"Name": "c", "NickName": "h4", "Connections": [{"Established": False}]}]
     assert status.connections_text(rep).splitlines() == [
-        "-> 10.0.0.2:6783          established fastdp 5a:00:00:00:00:02(h2) mtu=1376",
-        "<- 10.0.0.4:41000         established fastdp 5a:00:00:00:00:04(h4) healthy=False mtu=1376",
-        "-> 10.0.0.3:6783          failed      dial tcp4 10.0.0.3:6783: connect: connection refused, retry: never",
+        "-> 10.0.0.2:6783         established fastdp 5a:00:00:00:00:02(h2) mtu=1376",
+        "<- 10.0.0.4:41000        established fastdp 5a:00:00:00:00:04(h4) healthy=False mtu=1376",
+        "-> 10.0.0.3:6783         failed      dial tcp4 10.0.0.3:6783: connect: connection refused, retry: never",
     ]
     text = status.status_text(rep)
     assert "    Connections: 3 (2 established, 1 failed)\n" in text
