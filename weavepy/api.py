@@ -49,12 +49,16 @@ def build_app(daemon) -> web.Application:
         return web.json_response(daemon.report(), dumps=lambda o: json.dumps(o, indent=4))
 
     # -- the mesh -------------------------------------------------------------
-    @routes.post("/connect")
-    async def connect(request):
-        d = await body_json(request)
+    def peer_list(d: dict) -> list[str]:
         peers = d.get("peers", [])
         if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
             raise web.HTTPBadRequest(text="peers must be a list of host[:port]\n")
+        return peers
+
+    @routes.post("/connect")
+    async def connect(request):
+        d = await body_json(request)
+        peers = peer_list(d)
         try:
             daemon.router.connect(peers, replace=bool(d.get("replace")))
         except ValueError as exc:
@@ -63,11 +67,7 @@ def build_app(daemon) -> web.Application:
 
     @routes.post("/forget")
     async def forget(request):
-        d = await body_json(request)
-        peers = d.get("peers", [])
-        if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
-            raise web.HTTPBadRequest(text="peers must be a list of host[:port]\n")
-        daemon.router.forget(peers)
+        daemon.router.forget(peer_list(await body_json(request)))
         return web.json_response({})
 
     @routes.get("/metrics")
