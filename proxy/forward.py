@@ -51,6 +51,8 @@ STREAM_TYPES = ("application/vnd.docker.raw-stream", "application/vnd.docker.mul
 HOP_BY_HOP_RAW = frozenset(h.encode() for h in HOP_BY_HOP)
 BODY_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 IDLE_CONNECTIONS = 16  # kept open to dockerd for body-less requests
+SIOCOUTQ = 0x5411  # ioctl: bytes sent on a unix socket that its peer has not read yet
+HEAD_READ_WAIT = 0.05  # seconds a stream's output waits for the client to read the head alone
 CLIENT_CHECK_INTERVAL = 1.0  # seconds between looks at whether a quiet stream's client is still there
 
 
@@ -191,7 +193,7 @@ class Upstream:
                     if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
                         out.headers.add(k.strip(), v.strip())
             return out
-        await pipe(request.transport, upstream, side, resp_head + rest)
+        await pipe(request.transport, upstream, side, resp_head, rest)
         raise asyncio.CancelledError()  # the connection is no longer aiohttp's: it must write nothing
 
 
@@ -351,7 +353,7 @@ class _ClientSide(asyncio.Protocol):
             self.upstream.resume_reading()
 
 
-async def pipe(transport, upstream: asyncio.Transport, side: _UpstreamSide, first: bytes):
+async def pipe(transport, upstream: asyncio.Transport, side: _UpstreamSide, head: bytes, rest: bytes):
     """Join the two connections until dockerd's output ends and the client is done (or 5 s pass).
 
     After the head, the bytes never enter Python: each direction is spliced
@@ -366,12 +368,16 @@ async def pipe(transport, upstream: asyncio.Transport, side: _UpstreamSide, firs
     if hasattr(os, "splice") and transport.get_extra_info("ssl_object") is None:
         client_sock, up_sock = transport.get_extra_info("socket"), upstream.get_extra_info("socket")
         if client_sock is not None and up_sock is not None:
-            await _splice_pipe(transport, upstream, side, first, client_sock.fileno(), up_sock.fileno())
+            await _splice_pipe(transport, upstream, side, head, rest, client_sock.fileno(), up_sock.fileno())
             return
     client = _ClientSide(transport, upstream)
     transport.set_protocol(client)
     side.client_side = client
-    transport.write(first)  # the status line, headers and any output read with them
+    transport.write(head)
+    if rest:  # output read with the head
+        await _head_read(transport.get_extra_info("socket"))
+        transport.write(rest + bytes(side.buf))  # and any that came meanwhile
+        side.buf.clear()
     side.client = transport
     transport.resume_reading()
     try:
@@ -385,7 +391,7 @@ async def pipe(transport, upstream: asyncio.Transport, side: _UpstreamSide, firs
         upstream.close()
 
 
-async def _splice_pipe(transport, upstream, side, first: bytes, client_fd: int, up_fd: int):
+async def _splice_pipe(transport, upstream, side, head: bytes, rest: bytes, client_fd: int, up_fd: int):
     transport.pause_reading()
     upstream.pause_reading()
     # our own blocking duplicates: the event loop's sockets stay non-blocking and idle meanwhile
@@ -394,7 +400,10 @@ async def _splice_pipe(transport, upstream, side, first: bytes, client_fd: int, 
     client.setblocking(True)
     up.setblocking(True)
     try:
-        client.sendall(first)
+        client.sendall(head)
+        if rest:  # output read with the head
+            await _head_read(client)
+            client.sendall(rest)
         stdin = _in_own_thread(_splice_until_eof, client, up)
         output = _in_own_thread(_splice_until_eof, up, client, True)
         await output
@@ -410,6 +419,27 @@ async def _splice_pipe(transport, upstream, side, first: bytes, client_fd: int, 
         up.close()
         transport.close()
         upstream.close()
+
+
+async def _head_read(client) -> None:
+    """Wait (briefly) until the client has read the stream's head, before its first output goes.
+
+    dockerd writes the 101 head and the output apart, so a client waiting for the head
+    reads it alone.  docker-py then takes the socket from its HTTP library, and what that
+    library read past the head is lost (attach with logs=True would lose its output): a
+    proxy that read both at once must not hand them over as one.
+    """
+    if client is None or client.family != socket.AF_UNIX:
+        return  # on TCP unread and unacknowledged bytes look alike: nothing to wait for
+    deadline = asyncio.get_running_loop().time() + HEAD_READ_WAIT
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            unread = struct.unpack("i", fcntl.ioctl(client.fileno(), SIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return
+        if not unread:
+            return
+        await asyncio.sleep(0.0005)
 
 
 def _in_own_thread(fn, *args) -> asyncio.Future:

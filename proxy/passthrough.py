@@ -201,7 +201,14 @@ class PassThroughHandler(web.RequestHandler):
             return
         answers = self._answers
         try:
-            while answers:
+            if len(answers) == 1 and answers[0].rewrite is None:
+                # the usual: one answer in flight, not held: out before it is looked at
+                transport.write(data)
+                used = answers[0].end.feed(data)
+                if used is not None and self._answer_ended(answers.popleft()):
+                    return
+                data = b""
+            while answers and data:
                 answer = answers[0]
                 used = answer.end.feed(data)
                 piece = data if used is None or used == len(data) else data[:used]
@@ -212,14 +219,9 @@ class PassThroughHandler(web.RequestHandler):
                 if used is None:
                     return
                 answers.popleft()
-                if answer.end.closes:
-                    # dockerd closes after this answer (the request said so, or was HTTP/1.0): so do we
-                    answers.clear()
-                    transport.close()
+                if self._answer_ended(answer):
                     return
                 data = data[used:]  # the next answer, to a pipelined request
-                if not data:
-                    break
         except MalformedResponse:
             # cannot tell where answers end any more: as a broken connection to dockerd
             held = answers[0].held if answers else None
@@ -231,6 +233,15 @@ class PassThroughHandler(web.RequestHandler):
             transport.write(data)  # more than was asked for: passed on, as dockerd sent it
         if not answers:
             self._release_held()
+
+    def _answer_ended(self, answer: "_Relayed") -> bool:
+        """An answer went out whole; True if the connection ends with it."""
+        if not answer.end.closes:
+            return False
+        # dockerd closes after this answer (the request said so, or was HTTP/1.0): so do we
+        self._answers.clear()
+        self.transport.close()
+        return True
 
     def _hold(self, answer: "_Relayed", piece: bytes, complete: bool):
         """Keep an answer until it is whole, then send it on through its rewrite."""

@@ -122,6 +122,7 @@ def test_which_requests_are_plain(head, expected):
 
 
 # -- the relay, against a scripted dockerd ---------------------------------------------
+UPGRADED = b"HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
 ODD = b"HTTP/1.1 200 Fine Thanks\r\nX-Odd-CASE: kept\r\nContent-Length: 5\r\n\r\nplain"
 
 
@@ -159,6 +160,12 @@ class ScriptedDocker:
                         writer.write(b"7\r\nevent %d\r\n" % i)
                         await asyncio.sleep(0.15)
                     writer.write(b"0\r\n\r\n")
+                elif path == "/attach":
+                    # the switch and the first output in one write: a proxy may well read them so
+                    writer.write(UPGRADED + b"hello")
+                    await writer.drain()
+                    writer.close()
+                    return
                 elif path == "/big":
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (64 << 20) + b"b" * (64 << 20))
                 elif path == "/held/split":
@@ -206,10 +213,12 @@ async def relay(tmp_path):
         handled.append(request.path)
         if request.path.endswith("/start"):
             return web.Response(text="attached")  # what the proxy answers itself
+        if request.path == "/attach":
+            return await upstream.hijack(request)
         return await upstream.forward(request, rewrite=held(request.method, request.path))
 
     server = PassThroughServer(handle, docker_path=docker_path, keepalive_timeout=0.5, access_log=None,
-                               intercepts=lambda method, path, upgrade: path.endswith("/start"),
+                               intercepts=lambda method, path, upgrade: path.endswith(("/start", "/attach")),
                                answer_rewrites=held)
     runner = web.ServerRunner(server, handle_signals=False)
     await runner.setup()
@@ -394,4 +403,15 @@ async def test_through_aiohttps_path_the_same_rewrite_applies(relay, monkeypatch
     writer.write(get("/held/plain"))
     assert (await read_answer(reader)).endswith(b"plain")
     assert handled == ["/held/split", "/held/plain"]
+    writer.close()
+
+
+async def test_a_stream_head_reaches_a_waiting_client_apart_from_the_output(relay):
+    # docker-py reads the head through its HTTP library, then the raw socket: what the library
+    # read past the head would be lost, so the head must come alone, as dockerd sends it
+    docker, sock, _ = relay
+    reader, writer = await asyncio.open_unix_connection(sock)
+    writer.write(b"POST /attach HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+    assert await asyncio.wait_for(reader.read(65536), 5) == UPGRADED
+    assert await asyncio.wait_for(reader.read(65536), 5) == b"hello"
     writer.close()
