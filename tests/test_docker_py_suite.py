@@ -4,8 +4,8 @@ The suite (docker-py 4.4.4, set up by `scripts/setup.sh --tests` in .venv-docker
 once: against h1's dockerd directly and through h2's proxy (launched with
 --no-default-ipalloc, as Weave's own transparency test did, so the suite's containers are
 left as they are).  Every test must end the same way on both, in that one run: a second
-chance for a test that differed could hide a difference the proxy makes only sometimes.  The
-two tests that fail now and then against dockerd itself are left out of both (FLAKY_DIRECTLY).
+chance for a test that differed could hide a difference the proxy makes only sometimes.  Tests
+that race against dockerd itself are left out of both (FLAKY_DIRECTLY, each with its race).
 Then the tests that look at what a wrapped container shows (its command in a listing, its
 changes, a failed exec's code, a commit) run against a proxy that wraps every container.
 """
@@ -25,8 +25,16 @@ SELECT = "not swarm and not service and not secret and not config and not plugin
 # Tests that fail now and then against dockerd itself, so that one run cannot say whether the
 # proxy changed them.  What the proxy does for each is tested in weavepy's own tests.
 FLAKY_DIRECTLY = {
-    # docker-py reads the 101 head through its HTTP library, then the raw socket: output that
-    # came in the same read is lost (seen failing directly; test_passthrough: the head comes alone)
+    # read a container's logs right after starting it, without waiting for it to end: empty
+    # when the short command has not run yet (seen failing directly)
+    "api_build_test.py::BuildTest::test_build_in_context_abs_dockerfile",
+    "api_build_test.py::BuildTest::test_build_in_context_dockerfile",
+    "api_build_test.py::BuildTest::test_build_in_context_nested_dockerfile",
+    "api_build_test.py::BuildTest::test_build_out_of_context_dockerfile",
+    "api_container_test.py::CreateContainerTest::test_create_with_device_cgroup_rules",
+    # the same, and docker-py reads the 101 head through its HTTP library, then the raw socket:
+    # output that came in the same read is lost (seen failing directly; test_passthrough: the
+    # proxy sends the head alone)
     "api_container_test.py::AttachContainerTest::test_attach_no_stream",
     # counts all containers, while those an earlier test module left may still be being removed
     "api_container_test.py::ListContainersTest::test_list_containers",
