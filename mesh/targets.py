@@ -33,6 +33,13 @@ JITTER = (0.5, 1.5)        # mesh: the next try is uniform in [i/2, 3i/2]
 # minutes of a failure streak the interval stays at its initial 2 s (tries 1-3 s
 # apart, a SYN each: cheap); after that it grows as Weave's does, to 6 minutes.
 FAST_PHASE = 600.0
+# Two peers that learn of each other from the same gossip would both dial, and the
+# tie-break then drops one of the two connections: twice the handshakes and
+# topology churn while a mesh forms (Weave logs "Multiple connections to X added").
+# Of a discovered pair, the peer with the lower name dials at once and the other
+# waits this long, dialling only if no connection came in meanwhile (the lower one
+# may run with --no-discovery).
+DISCOVERY_DEFER = 1.0
 
 HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
@@ -197,11 +204,11 @@ class ConnectionMaker:
         valid: set[str] = set()
         direct: set[str] = set()
 
-        def add(address: str) -> None:
+        def add(address: str, delay: float = 0.0) -> None:
             if address in connected_addresses:
                 return
             valid.add(address)
-            self._targets.setdefault(address, Target(address, try_after=now))
+            self._targets.setdefault(address, Target(address, try_after=now + delay))
 
         for address, port_given in self._direct.values():
             direct.add(address)
@@ -223,7 +230,8 @@ class ConnectionMaker:
                     except ValueError:
                         continue
                     # An inbound connection's source port is ephemeral: try the mesh port there.
-                    add(f"{host}:{port if link.outbound and port else self.port}")
+                    add(f"{host}:{port if link.outbound and port else self.port}",
+                        DISCOVERY_DEFER if link.peer < self.name else 0.0)
         return self._dial(now, valid, direct, len(connections))
 
     def _dial(self, now: float, valid: set[str], direct: set[str], live: int) -> list[Dial]:

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from weavepy.mesh.targets import (FAST_PHASE, MAX_INTERVAL, RESET_AFTER, ConnectionMaker, Dial, Link,
+from weavepy.mesh.targets import (DISCOVERY_DEFER, FAST_PHASE, MAX_INTERVAL, RESET_AFTER, ConnectionMaker, Dial, Link,
                                   parse_address, render_connection)
 
 US = "aa:00:00:00:00:01"
@@ -170,6 +170,20 @@ def test_discovery_dials_peers_others_are_connected_to():
     assert cm.target("10.0.0.4:6783") is None
     assert cm.targets() == []                        # discovered targets are not the user's
     assert maker(discovery=False).refresh(0, ours, topology) == []
+
+
+def test_of_two_peers_that_discover_each_other_only_the_lower_name_dials_at_once():
+    # C learns of B and D from the same gossip that tells them of C.
+    cm = ConnectionMaker(C, 6783, rng=FixedJitter(0.5))
+    topology = {US: [Link(B, "10.0.0.2:6783", True), Link(D, "10.0.0.4:6783", True)]}
+    assert addresses(cm.refresh(0, [], topology)) == ["10.0.0.4:6783"]        # D > C: C dials
+    # B < C: B dials C; C waits, and once B's connection is in, there is nothing to dial.
+    assert cm.refresh(DISCOVERY_DEFER - 0.01, [], topology) == []
+    assert cm.refresh(DISCOVERY_DEFER, [Link(B, "10.0.0.2:39999", False)], topology) == []
+    # B runs with --no-discovery and never dials: C does, after the wait.
+    late = ConnectionMaker(C, 6783, rng=FixedJitter(0.5))
+    late.refresh(0, [], topology)
+    assert addresses(late.refresh(DISCOVERY_DEFER, [], topology)) == ["10.0.0.2:6783"]
 
 
 def test_the_connection_limit_is_checked_before_dialling():
