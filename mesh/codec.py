@@ -52,6 +52,18 @@ class Reader:
         self._pos += n
         return chunk
 
+    def skip_records(self, count: int, fixed: int, what: str) -> None:
+        """Step over `count` records of `fixed` bytes then a short field, without slicing any."""
+        data, pos, end = self._data, self._pos, len(self._data)
+        for _ in range(count):
+            pos += fixed
+            if pos >= end:
+                raise ProtocolError(f"truncated {what}")
+            pos += 1 + data[pos]
+        if pos > end:
+            raise ProtocolError(f"truncated {what}")
+        self._pos = pos
+
     def u8(self, what: str = "byte") -> int:
         return self.take(1, what)[0]
 

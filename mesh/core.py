@@ -378,8 +378,10 @@ class MeshCore:
         if merged.ourself_bumped:
             self._defer_flush({self.name})   # our entry must now supersede the one we heard
         self._watch_clones(merged.overtaken_by)
-        if merged.improved or merged.ourself_bumped:
+        if merged.links_changed:
             self._dirty()
+        elif merged.improved or merged.ourself_bumped:
+            self._changed = True     # the same graph (a new address, a re-gossiped entry): routes stand
         return TopologyUpdate(self.topology, merged.improved) if merged.improved else None
 
     def _dirty(self) -> None:

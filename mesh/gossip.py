@@ -216,6 +216,9 @@ class GossipRouter:
         self._clock = clock
         self.channels: dict[str, GossipChannel] = {}
         self._outboxes: dict[Hashable, _Outbox] = {}
+        # News heard by gossip, passed on once per drain rather than once per message: each
+        # pass picks neighbours from the routes, which a burst of news recomputes every time.
+        self._news: dict[str, tuple[GossipData, set[str]]] = {}
 
     @property
     def ourself(self) -> str:
@@ -262,7 +265,9 @@ class GossipRouter:
             if (channel := self._channel_for_input(name)) is not None:
                 news = channel.gossiper.on_gossip(data)
                 if news is not None:
-                    self.gossip_to_neighbours(name, news, exclude=sender)
+                    waiting = self._news.get(name)
+                    self._news[name] = (news, {sender}) if waiting is None else \
+                        (waiting[0].merge(news), waiting[1] | {sender})
         else:
             raise wire.ProtocolError(f"tag {tag} is not gossip")
 
@@ -322,6 +327,10 @@ class GossipRouter:
 
     def take_sends(self) -> list[Send]:
         """Empty every unpaused slot into Send actions: gossip first, then broadcasts (gossip_sender.go)."""
+        news, self._news = self._news, {}
+        for name, (data, senders) in news.items():
+            # Not back to the one that told us; news from several goes to whomever is picked.
+            self.gossip_to_neighbours(name, data, exclude=next(iter(senders)) if len(senders) == 1 else None)
         sends: list[Send] = []
         for conn_id, box in list(self._outboxes.items()):
             if box.paused:

@@ -84,12 +84,13 @@ def _encode_peer(peer: PeerInfo) -> bytes:
     return b"".join(parts)
 
 
-def encode_peers(peers: Iterable[PeerInfo], message_size: int = MESSAGE_SIZE) -> list[bytes]:
+def encode_peers(peers: Iterable[PeerInfo], message_size: int = MESSAGE_SIZE,
+                 encode: Callable[[PeerInfo], bytes] = _encode_peer) -> list[bytes]:
     """Whole peer entries packed into messages of about `message_size` bytes; none when `peers` is empty."""
     header = bytes([FORMAT])
     messages, current, size = [], [header], 1
     for peer in peers:
-        record = _encode_peer(peer)
+        record = encode(peer)
         if len(current) > 1 and size + len(record) > message_size:
             messages.append(b"".join(current))
             current, size = [header], 1
@@ -126,9 +127,7 @@ def decode_peers(data: bytes, stale: Callable[[str, int, int], bool] | None = No
         if count > MAX_PEER_CONNECTIONS:
             raise ProtocolError(f"peer {name} lists {count} connections, more than {MAX_PEER_CONNECTIONS}")
         if stale is not None and stale(name, uid, version):
-            for _ in range(count):
-                reader.take(NAME_LEN + 1, "connection")
-                reader.short_bytes("address")
+            reader.skip_records(count, NAME_LEN + 1, "connection")   # name, flags, then the address
             continue
         connections: dict[str, ConnSummary] = {}
         for _ in range(count):
@@ -148,9 +147,15 @@ def decode_peers(data: bytes, stale: Callable[[str, int, int], bool] | None = No
     return peers
 
 
+def _links(peer: PeerInfo) -> dict[str, bool]:
+    """What routes are computed from (mesh/routes.go): the remote names and whether each is established."""
+    return {remote: conn.established for remote, conn in peer.connections.items()}
+
+
 @dataclass
 class Merged:
     improved: set[str]                       # entries new or replaced: the only part worth passing on
+    links_changed: bool = False              # a link appeared, went, or changed state: routes are stale
     ourself_bumped: bool = False             # we took a version beyond an entry about us: rebroadcast
     overtaken_by: list[PeerInfo] = field(default_factory=list)  # entries with our name, a foreign UID, ahead of us
 
@@ -162,6 +167,10 @@ class Topology:
         self.name = name
         self.peers: dict[str, PeerInfo] = {name: PeerInfo(name, nickname, uid, 0)}
         self.clone_uids: set[int] = set()   # other live routers with our name: we stop racing their versions
+        # Each entry is encoded once, not once per send: while a mesh forms, every entry goes
+        # to every neighbour of every peer that hears of it.  Keyed by name, checked by identity
+        # (entries are replaced, never changed in place).
+        self._records: dict[str, tuple[PeerInfo, bytes]] = {}
 
     @property
     def ourself(self) -> PeerInfo:
@@ -211,6 +220,8 @@ class Topology:
             if entry.name == self.name:
                 self._about_ourselves(entry, merged)
         for entry in winners:
+            known = self.peers.get(entry.name)
+            merged.links_changed |= known is None or _links(known) != _links(entry)
             self.peers[entry.name] = entry
             merged.improved.add(entry.name)
         for name in mentioned:
@@ -244,11 +255,20 @@ class Topology:
         for name in names:
             if name != self.name:
                 self.peers.pop(name, None)
+                self._records.pop(name, None)
 
     def encode(self, names: Iterable[str]) -> list[bytes]:
         """The current entries of `names` (placeholders and forgotten names left out)."""
         entries = (self.peers.get(n) for n in sorted(set(names)))
-        return encode_peers(p for p in entries if p is not None and not p.placeholder)
+        return encode_peers((p for p in entries if p is not None and not p.placeholder), encode=self._record)
+
+    def _record(self, peer: PeerInfo) -> bytes:
+        cached = self._records.get(peer.name)
+        if cached is not None and cached[0] is peer:
+            return cached[1]
+        record = _encode_peer(peer)
+        self._records[peer.name] = (peer, record)
+        return record
 
 
 class TopologyUpdate:
