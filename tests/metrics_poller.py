@@ -1,7 +1,10 @@
 """Watch many hosts' /metrics from one process: when did each first report N established connections?
 
-  metrics_poller.py N TIMEOUT NETNS...    prints "start <monotonic time>", then "<netns> <seconds
-                                          since start>" as each gets there, then "done" (or "timeout")
+  metrics_poller.py N TIMEOUT NETNS...    waits for a line on stdin, then prints "start <monotonic
+                                          time>", then "<netns> <seconds since start>" as each gets
+                                          there, then "done" (or "timeout")
+Started before the routers it watches and told when to begin, so its own start-up (a second or
+more on two cores busy with 30 routers) is not counted against them.
 One process stepping into each host's network namespace in turn (setns) costs far less than a
 command per host per poll, which would compete with the routers it measures for the same CPU.
 """
@@ -33,6 +36,7 @@ def established(netns_fd: int) -> float:
 def main():
     want, timeout, names = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
     fds = {name: os.open(f"/run/netns/{name}", os.O_RDONLY) for name in names}
+    sys.stdin.readline()
     start, pending = time.monotonic(), set(names)
     print("start", f"{start:.3f}", flush=True)   # CLOCK_MONOTONIC: the caller's clock too
     while pending and time.monotonic() - start < timeout:

@@ -204,7 +204,7 @@ async def test_bogus_targets_show_why_and_when_and_block_nothing(mesh):
     assert re.fullmatch(rf"dial tcp4 {LOOPBACK}:{closed_port}: connect: connection refused, "
                         r"retry: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", infos[0]), infos[0]
     assert re.fullmatch(r"lookup nowhere.example: Name or service not known, retry: .* UTC", infos[1]), infos[1]
-    assert states(b) == ["established"]
+    await until(lambda: states(b) == ["established"], what="b's end of the one good connection")
 
 
 async def test_a_silent_peer_is_dropped_by_the_read_timeout_and_redialled(mesh):
