@@ -6,10 +6,19 @@ Only the origin changes its entries, raising the version each time, so two
 copies of a record set merge by "higher version wins, and at equal versions the
 larger tombstone wins" -- commutative, associative and idempotent, which is
 what gossip needs.  Lookups ignore case; identity does not.
+
+Gossip about our own entries is never taken as it comes: it is what an earlier
+run of this peer said.  A name we still hold is re-asserted at a version above
+it, one we no longer hold is retracted above it (Weave's nameserver does the
+same; its test 215: a restarted peer's stale names go).  Tombstones are kept
+TOMBSTONE_TIMEOUT, long enough to have reached every peer, then dropped.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable, Iterable
+
+TOMBSTONE_TIMEOUT = 600   # seconds; Weave's nameserver: tombstoneTimeout = 10 minutes
 
 Key = tuple[str, str, str, str]
 
@@ -86,6 +95,9 @@ class Records:
         self.domain = fqdn(domain)
         self.entries: dict[Key, Entry] = {}
         self.view = View(0, {}, {})
+        # Called with every change this peer makes to its own entries: the one place they are
+        # broadcast from (dns/gossip.py), whoever made the change.
+        self.on_local_change: Callable[[list[Entry]], None] | None = None
 
     # -- local changes (this peer is the origin) -----------------------------
     def add(self, container: str, addr: str, hostname: str) -> list[Entry]:
@@ -97,7 +109,7 @@ class Records:
         if old is not None and old.live:
             return []
         entry = Entry(*key) if old is None else replace(old, version=old.version + 1, tombstone=0)
-        return self._apply([entry])
+        return self._local([entry])
 
     def tombstone(self, now: int, container: str | None = None, addr: str | None = None,
                   hostname: str | None = None) -> list[Entry]:
@@ -109,17 +121,59 @@ class Records:
                   and (container is None or e.container == container)
                   and (addr is None or e.addr == addr)
                   and (host is None or e.hostname == host)]
-        return self._apply(doomed)
+        return self._local(doomed)
+
+    def _local(self, entries: list[Entry]) -> list[Entry]:
+        changed = self._apply(entries)
+        if changed and self.on_local_change is not None:
+            self.on_local_change(changed)
+        return changed
 
     # -- from other peers -----------------------------------------------------
-    def merge(self, incoming: list[Entry]) -> list[Entry]:
-        """Take in entries from elsewhere; returns those that changed our view."""
-        changed = []
+    def merge(self, incoming: Iterable[Entry], now: int = 0) -> list[Entry]:
+        """Take in entries from elsewhere; returns those of other peers that were new to us.
+
+        The batch is folded by version first, so its order cannot matter.  Entries about
+        ourselves are answered (see the module's docstring), not taken, and not returned:
+        the answer goes out as a local change.
+        """
+        batch: dict[Key, Entry] = {}
         for e in incoming:
-            mine = self.entries.get(e.key)
-            if mine is None or (newer(mine, e) is e and mine != e):
+            batch[e.key] = newer(batch[e.key], e) if e.key in batch else e
+        changed, ours = [], []
+        for key, e in batch.items():
+            mine = self.entries.get(key)
+            if e.origin == self.peer:
+                if mine is None or e.version >= mine.version:
+                    if mine is not None and mine.live:
+                        ours.append(replace(mine, version=e.version + 1))
+                    elif e.live:
+                        ours.append(replace(e, version=e.version + 1, tombstone=max(int(now), 1)))
+                    elif mine is None or newer(mine, e) is e and mine != e:
+                        ours.append(e)    # our own old tombstone: keep it, so it is not taken again
+            elif mine is None or (newer(mine, e) is e and mine != e):
                 changed.append(e)
-        return self._apply(changed)
+        self._apply(changed)
+        self._local(ours)
+        return changed
+
+    def peer_gone(self, peer: str) -> list[Entry]:
+        """A peer left the mesh: its entries go with it (they come back if it does, by gossip)."""
+        if peer == self.peer:
+            return []
+        gone = [e for e in self.entries.values() if e.origin == peer]
+        for e in gone:
+            del self.entries[e.key]
+        if gone:
+            self._reindex()
+        return gone
+
+    def expire_tombstones(self, now: int) -> int:
+        """Drop tombstones older than TOMBSTONE_TIMEOUT; how many went."""
+        old = [k for k, e in self.entries.items() if not e.live and e.tombstone + TOMBSTONE_TIMEOUT <= now]
+        for k in old:
+            del self.entries[k]
+        return len(old)
 
     def _apply(self, entries: list[Entry]) -> list[Entry]:
         if not entries:
