@@ -89,6 +89,9 @@ class MeshRouter:
         self.timing = timing
         self.overlays: dict[str, Overlay] = {o.name: o for o in (overlays or [NullOverlay()])}
         self.on_targets_changed = on_targets_changed
+        # Services holding per-peer state (DNS records, IPAM) drop a peer's share when the
+        # topology forgets it (mesh: Peers.OnGC).
+        self.peer_gone_listeners: list[Callable[[str], None]] = []
         self.core = MeshCore(name, nickname, self.uid, conn_limit)
         self.maker = ConnectionMaker(name, port, discovery=discovery, conn_limit=conn_limit)
         self.counters: Counter = Counter()
@@ -257,6 +260,11 @@ class MeshRouter:
                 hook = getattr(overlay, "peer_gone", None)
                 if hook is not None:
                     hook(action.name)
+            for listener in self.peer_gone_listeners:
+                try:
+                    listener(action.name)
+                except Exception:   # a service's bug: the router carries on
+                    log.exception("handling the departure of %s", action.name)
         elif isinstance(action, TopologyChanged):
             self._refresh_wanted = True
 

@@ -11,6 +11,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 
 from aiohttp import web
 
@@ -19,6 +20,7 @@ from weavepy.launch_config import LaunchConfig
 from weavepy import statefile
 from weavepy.api import build_app
 from weavepy.proxy.server import DockerProxy, find_weavewait, install_weavewait
+from weavepy.dns.gossip import CHANNEL as DNS_CHANNEL, DNSGossiper, Entries
 from weavepy.dns.records import Records
 from weavepy.dns.responder import Responder
 from weavepy.dns.server import DNSServer
@@ -115,6 +117,11 @@ class Daemon:
             await self.router.start()
         except ListenError as exc:
             raise SystemExit(f"weavepy: {exc}") from None
+        if self.dns_records is not None:   # every peer's names, on every peer
+            records = self.dns_records
+            channel = self.router.channel(DNS_CHANNEL, DNSGossiper(records))
+            records.on_local_change = lambda entries: channel.broadcast(Entries.of(entries))
+            self.router.peer_gone_listeners.append(records.peer_gone)
         targets = initial_targets(c)
         try:
             self.router.connect(targets)
@@ -224,6 +231,8 @@ class Daemon:
                 await self.network.tick()
             except Exception:
                 log.exception("periodic tick")
+            if self.dns_records is not None:
+                self.dns_records.expire_tombstones(int(time.time()))
 
     async def run(self):
         self.docker = DockerClient(self.config.docker_host)
