@@ -95,9 +95,14 @@ def _entry(row) -> Entry:
 class DNSGossiper:
     """The Gossiper of channel "DNS" (mesh/gossip.py's protocol) over one peer's Records."""
 
-    def __init__(self, records: Records, clock: Callable[[], float] = time.time):
+    def __init__(self, records: Records, clock: Callable[[], float] = time.time,
+                 known_peer: Callable[[str], bool] = lambda name: True):
         self.records = records
         self._clock = clock
+        # Entries of a peer the topology does not know are dropped (Weave's gossip.go): the
+        # peer left and its entries went with it; a third peer's stale copy must not bring them
+        # back for good.
+        self._known_peer = known_peer
 
     def on_unicast(self, src: str, data: bytes) -> None:
         pass   # nobody unicasts DNS
@@ -109,5 +114,6 @@ class DNSGossiper:
         return Entries(dict(self.records.entries)) if self.records.entries else None
 
     def on_gossip(self, data: bytes) -> Entries | None:
-        news = self.records.merge(decode(data), int(self._clock()))
+        entries = [e for e in decode(data) if e.origin == self.records.peer or self._known_peer(e.origin)]
+        news = self.records.merge(entries, int(self._clock()))
         return Entries.of(news) if news else None

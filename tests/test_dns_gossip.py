@@ -103,6 +103,16 @@ def test_local_changes_are_announced_and_merges_are_not():
     assert sent == []
 
 
+def test_entries_of_a_peer_the_topology_no_longer_knows_are_not_taken_back():
+    r = records()
+    known = {P2}
+    gossiper = DNSGossiper(r, clock=lambda: 0, known_peer=known.__contains__)
+    message = Entries.of([Entry("c2", P2, "10.32.0.2", "a.weave.local."),
+                          Entry("c3", P3, "10.32.0.3", "a.weave.local.")]).encode()[0]
+    gossiper.on_gossip(message)
+    assert r.lookup("a.weave.local") == ["10.32.0.2"]
+
+
 def test_a_departed_peer_takes_its_names_and_old_tombstones_expire():
     r = records()
     r.add("c1", "10.32.0.1", "a.weave.local")
@@ -185,7 +195,8 @@ class DNSNet(SimNet):
     def add_peer(self, name, *args, **kwargs):
         core = super().add_peer(name, *args, **kwargs)
         r = self.dns[name] = Records(name, "weave.local.")
-        channel = core.channel(CHANNEL, DNSGossiper(r, clock=lambda: self.now))
+        channel = core.channel(CHANNEL, DNSGossiper(r, clock=lambda: self.now,
+                                                    known_peer=lambda peer: peer in core.peers))
         r.on_local_change = lambda entries: channel.broadcast(Entries.of(entries))
         for container, addr, host in sorted(self.running.get(name, ())):   # re-registered at start
             r.add(container, addr, host)

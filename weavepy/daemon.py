@@ -119,7 +119,8 @@ class Daemon:
             raise SystemExit(f"weavepy: {exc}") from None
         if self.dns_records is not None:   # every peer's names, on every peer
             records = self.dns_records
-            channel = self.router.channel(DNS_CHANNEL, DNSGossiper(records))
+            router = self.router
+            channel = router.channel(DNS_CHANNEL, DNSGossiper(records, known_peer=lambda p: p in router.core.peers))
             records.on_local_change = lambda entries: channel.broadcast(Entries.of(entries))
             self.router.peer_gone_listeners.append(records.peer_gone)
         targets = initial_targets(c)
