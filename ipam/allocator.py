@@ -9,7 +9,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from .request import AddressError, host_range, check_allocatable
-from .ring import Ring
+from .ring import Ring, RingError
 from .space import Space
 
 DEAD_CONTAINER_GRACE = 30.0  # seconds a died container keeps its addresses, in case it restarts
@@ -203,7 +203,13 @@ class Allocator:
         if data.get("range") != str(self.universe):
             return f"persisted data is for IPAM range {data.get('range')}; our range is {self.universe}"
         if data.get("ring"):
-            self.ring = Ring.from_dict(data["ring"], self.peer)
+            try:
+                ring = Ring.from_dict(data["ring"], self.peer)
+            except RingError as exc:
+                return f"persisted ring is not valid ({exc})"
+            if (ring.start, ring.end) != (self.ring.start, self.ring.end):
+                return "persisted ring is for another range"
+            self.ring = ring
             self._ring_updated()
         for ident, o in data.get("owned", {}).items():
             for text in o["cidrs"]:

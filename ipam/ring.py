@@ -3,12 +3,22 @@
 The universe [start, end) is cut at tokens; the entry at a token owns the
 addresses up to the next token (the last wraps round to start).  Tokens are
 only ever added, and only an entry's owner changes it, raising its version, so
-replicas can later be merged by highest version.  This issue uses the ring on a
-single peer; merging replicas arrives with the mesh.
+replicas merge by highest version, in any order (Weave's ipam/ring/ring.go).
+
+Every input is checked before it is merged (`check`), and every change is
+checked after (RingError): a bad ring from a peer is refused whole and changes
+nothing; a merge that would hand away space we hold allocations in is refused
+too.  No address is ever in two peers' pools.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+
+TRANSFER_BOOST = 100   # Weave: versions of transferred entries jump by 100, so they win
+
+
+class RingError(ValueError):
+    """A ring that breaks the invariants, or a merge that would give away what we own."""
 
 
 @dataclass
@@ -115,10 +125,144 @@ class Ring:
 
     @classmethod
     def from_dict(cls, data: dict, peer: str) -> "Ring":
-        ring = cls(data["start"], data["end"], peer)
-        ring.seeds = list(data.get("seeds", []))
-        ring.entries = [Entry(**e) for e in data.get("entries", [])]
+        """From persisted or gossiped data; RingError if it is not a valid ring."""
+        try:
+            ring = cls(int(data["start"]), int(data["end"]), peer)
+            ring.seeds = [str(s) for s in data.get("seeds", [])]
+            ring.entries = [Entry(int(e["token"]), str(e["peer"]), int(e.get("version", 0)), int(e.get("free", 0)))
+                            for e in data.get("entries", [])]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RingError(f"malformed ring: {exc}") from None
+        ring.check()
         return ring
+
+    # -- invariants ----------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise RingError unless tokens are sorted, unique and in range, and free counts fit."""
+        for i, e in enumerate(self.entries):
+            if not self.start <= e.token < self.end:
+                raise RingError(f"Token {e.token} is out of range")
+            if i and e.token == self.entries[i - 1].token:
+                raise RingError(f"Token {e.token} appears twice in ring")
+            if i and e.token < self.entries[i - 1].token:
+                raise RingError("Ring not sorted")
+            if e.version < 0 or e.free < 0:
+                raise RingError(f"Entry at {e.token} with a negative version or free count")
+        for i, e in enumerate(self.entries):
+            lo, hi = self._span(i)
+            if e.free > hi - lo:
+                raise RingError(f"Entry {lo}-{hi} reporting too much free space: {e.free} > {hi - lo}")
+
+    # -- merging -------------------------------------------------------------
+
+    def merge(self, theirs: "Ring", has_allocations=lambda lo, hi: False) -> bool:
+        """Join `theirs` into ours (Weave's Ring.Merge); True if anything of theirs was taken.
+
+        `has_allocations(lo, hi)` says whether we hold allocations in [lo, hi): space we use
+        is never given up to a claim that contradicts ours.  On RingError nothing changes.
+        """
+        theirs.check()
+        if (self.start, self.end) != (theirs.start, theirs.end):
+            raise RingError(f"Incompatible IP allocation ranges (received: {theirs.start}-{theirs.end}, "
+                            f"ours: {self.start}-{self.end})")
+        if self.seeds and theirs.seeds and self.seeds != theirs.seeds:
+            raise RingError(f"IP allocation was seeded by different peers (received: {theirs.seeds}, "
+                            f"ours: {self.seeds})")
+        ours = {e.token: e for e in self.entries}
+        merged: dict[int, Entry] = dict(ours)
+        updated = False
+        for t in theirs.entries:
+            mine = ours.get(t.token)
+            if mine is None:
+                owner = self._owner_before(t.token)
+                if owner == self.peer and t.peer != self.peer:
+                    lo, hi = t.token, self._next_token(t.token)
+                    if has_allocations(lo, hi):
+                        raise RingError(f"Peer {t.peer} says it owns the IP range from {t.token}, which I think I own")
+                merged[t.token] = replace(t)
+                updated = True
+            elif t.version > mine.version:
+                if mine.peer != self.peer:
+                    merged[t.token] = replace(t)
+                    updated = True
+                elif t.peer == self.peer:
+                    merged[t.token] = replace(mine, version=t.version + 1)   # re-assert what is ours
+                elif not has_allocations(*self._span(self.entries.index(mine))):
+                    merged[t.token] = replace(t)                           # an empty range: repair
+                    updated = True
+                else:
+                    raise RingError(f"Received update for IP range I own at {t.token} v{mine.version}: "
+                                    f"incoming message says owner {t.peer} v{t.version}")
+            elif t.version == mine.version and t.peer != mine.peer:
+                if mine.peer == self.peer and has_allocations(*self._span(self.entries.index(mine))):
+                    raise RingError(f"Inconsistent entries for {t.token}: owned by {mine.peer} but incoming "
+                                    f"message says {t.peer}")
+                if (t.free, t.peer) > (mine.free, mine.peer):   # Weave: the higher Free; then the name,
+                    merged[t.token] = replace(t)                # so that every order agrees
+                    updated = True
+        candidate = Ring(self.start, self.end, self.peer)
+        candidate.entries = [merged[k] for k in sorted(merged)]
+        for i, e in enumerate(candidate.entries):   # a token of theirs may cut into one of ours
+            lo, hi = candidate._span(i)
+            if e.peer == self.peer and e.free > hi - lo:
+                candidate.entries[i] = replace(e, free=hi - lo)
+        try:
+            candidate.check()
+        except RingError as exc:
+            raise RingError(f"Merge of incoming data causes: {exc}") from None
+        self.entries = candidate.entries
+        if not self.seeds:
+            self.seeds = list(theirs.seeds)
+        return updated
+
+    def _owner_before(self, token: int) -> str | None:
+        """Who owns `token` in our ring now (the entry at or before it, wrapping)."""
+        return self.owner(token)
+
+    def _next_token(self, token: int) -> int:
+        later = [e.token for e in self.entries if e.token > token]
+        return later[0] if later else self.end
+
+    # -- changes by the owner --------------------------------------------------
+
+    def grant_range_to_host(self, lo: int, hi: int, peer: str) -> None:
+        """Give [lo, hi), all of it ours, to `peer` (a donation); at most two tokens are added."""
+        inside = [e.token for e in self.entries if lo < e.token < hi]
+        if not (self.start <= lo < hi <= self.end) or self.owner(lo) != self.peer or any(
+                self.owner(t) != self.peer for t in inside):
+            raise RingError(f"cannot grant {lo}-{hi}: not all of it is ours")
+        by_token = {e.token: e for e in self.entries}
+        if hi < self.end and hi not in by_token:
+            by_token[hi] = Entry(hi, self.peer, 0, 0)          # [hi, next) stays ours
+        elif hi == self.end and self.start not in by_token:
+            by_token[self.start] = Entry(self.start, self.peer, 0, 0)   # so does the wrap past the end
+        if lo in by_token:
+            by_token[lo] = replace(by_token[lo], peer=peer, version=by_token[lo].version + 1)
+        else:
+            before = max((e for e in self.entries if e.token < lo), key=lambda e: e.token,
+                         default=self.entries[-1])              # none before: the entry that wraps
+            by_token[before.token] = replace(before, version=before.version + 1)
+            by_token[lo] = Entry(lo, peer, 0, 0)
+        for token in inside:
+            by_token[token] = replace(by_token[token], peer=peer, version=by_token[token].version + 1)
+        self.entries = [by_token[k] for k in sorted(by_token)]
+        for i, e in enumerate(self.entries):                    # free counts fit the new spans
+            span_lo, span_hi = self._span(i)
+            if lo <= span_lo < hi:
+                self.entries[i] = replace(e, free=span_hi - span_lo)
+            elif e.free > span_hi - span_lo:
+                self.entries[i] = replace(e, free=span_hi - span_lo)
+        self.check()
+
+    def transfer(self, from_peer: str, to_peer: str) -> list[tuple[int, int]]:
+        """Every entry of `from_peer` to `to_peer` (rmpeer, reset), versions boosted to win."""
+        ranges = []
+        for i, e in enumerate(self.entries):
+            if e.peer == from_peer:
+                ranges.append(self._span(i))
+                self.entries[i] = replace(e, peer=to_peer, version=e.version + TRANSFER_BOOST)
+        return ranges
 
 
 def peer_sort_key(name: str) -> int:

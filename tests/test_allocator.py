@@ -157,3 +157,12 @@ def test_explicit_claim_of_a_running_containers_address_is_still_refused():
     a.container_started("c2")
     with pytest.raises(AllocationError, match="already in use by c2"):
         a.claim("c3", ip.IPv4Interface("10.2.1.44/24"), True)
+
+
+def test_a_persisted_ring_that_breaks_the_invariants_is_discarded_whole():
+    a = alloc()
+    a.allocate("c1", DEFAULT, True)
+    saved = a.snapshot()
+    saved["ring"]["entries"].append(dict(saved["ring"]["entries"][0]))   # the same token twice
+    b = alloc()
+    assert "appears twice" in b.restore(saved) and not b.owned
