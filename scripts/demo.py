@@ -43,10 +43,15 @@ def main():
         for h in (h1, h2):
             show(h, ["weavepy", "status"])
             show(h, ["weavepy", "status", "connections"])
-        show(h1, ["weavepy", "run", "10.2.1.1/24", "-t", "--name", "c1", "busybox", "sh"])
-        show(h2, ["weavepy", "run", "10.2.1.2/24", "-t", "--name", "c2", "busybox", "sh"])
-        show(h1, ["docker", "exec", "c1", "ping", "-c", "3", "10.2.1.2"])
-        show(h2, ["docker", "exec", "c2", "ping", "-c", "3", "10.2.1.1"])
+        print("# a container on each host, named in weaveDNS, which every host's router gossips to the others",
+              flush=True)
+        for h, name, cidr in ((h1, "c1", "10.2.1.1/24"), (h2, "c2", "10.2.1.2/24")):
+            dns_args = show(h, ["weavepy", "dns-args"]).split()
+            show(h, ["weavepy", "run", cidr, "-t", "--name", name, "-h", f"{name}.weave.local", *dns_args,
+                     "busybox", "sh"])
+        show(h2, ["weavepy", "dns-lookup", "c1"])
+        show(h1, ["docker", "exec", "c1", "ping", "-c", "3", "c2"])
+        show(h2, ["docker", "exec", "c2", "ping", "-c", "3", "c1"])
 
         print("# on one host, through the Docker API proxy, containers find each other by name", flush=True)
         show(h1, ["weavepy", "env"])
@@ -57,7 +62,8 @@ def main():
         show(h1, ["weavepy", "status", "peers"])
         for h in (h1, h2):
             show(h, ["weavepy", "reset"])
-    print("Demo finished: containers on two hosts talked over one weave network; everything was cleaned up.")
+    print("Demo finished: containers on two hosts found each other by name and talked over one weave network;"
+          " everything was cleaned up.")
 
 
 if __name__ == "__main__":
