@@ -2,15 +2,31 @@
 
 Sans-IO: callers pass in the time and the facts (which containers run), and
 persist `snapshot()` after every change before telling anyone about it.
+
+With other peers (Weave's ipam/allocator.go), the ring is agreed once, by
+Paxos among the initial peers (`quorum`) or from `seeds`, and then changes only
+by its owners: a peer short of space asks the peer with the most free space in
+that subnet, which donates a block.  Messages to other peers are queued in
+`outbox` (see ipam/gossip.py for how they travel); a request that must wait for
+the ring or for a donation raises Pending, and is simply asked again when
+something changed (`on_change_hooks`) or a second later.
 """
 from __future__ import annotations
 
 import ipaddress
+import logging
+import random
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
+from .paxos import Paxos
 from .request import AddressError, host_range, check_allocatable
 from .ring import Ring, RingError
 from .space import Space
+
+log = logging.getLogger(__name__)
+ASK_AGAIN = 2.0   # seconds before a space request with no answer goes out again
 
 DEAD_CONTAINER_GRACE = 30.0  # seconds a died container keeps its addresses, in case it restarts
 
@@ -19,15 +35,33 @@ class AllocationError(Exception):
     """The request was well formed but cannot be met (in use, out of space...)."""
 
 
+class Pending(Exception):
+    """Not yet: the ring is being agreed, or space was asked of another peer.  Ask again later."""
+
+
+class RingConflict(Exception):
+    """Another peer's ring cannot be merged with ours (different range or seeds, or it takes ours)."""
+
+
 @dataclass
 class Owned:
     is_container: bool
     cidrs: list[ipaddress.IPv4Interface] = field(default_factory=list)
 
 
+SPACE_REQUEST, RING_UPDATE, SPACE_DENIED = 0, 1, 2   # unicast kinds, as Weave's first byte
+
+
+def _full_range(subnet: ipaddress.IPv4Network) -> tuple[int, int]:
+    """A space request names the whole subnet, network and broadcast addresses included."""
+    return int(subnet.network_address), int(subnet.network_address) + subnet.num_addresses
+
+
 class Allocator:
     def __init__(self, peer: str, universe: ipaddress.IPv4Network,
-                 default_subnet: ipaddress.IPv4Network | None = None, nickname: str = ""):
+                 default_subnet: ipaddress.IPv4Network | None = None, nickname: str = "", *,
+                 uid: int = 1, quorum: int = 1, seeds: list[str] | None = None, observer: bool = False,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
         check_allocatable(universe, f"--ipalloc-range {universe}")
         self.peer = peer
         self.nickname = nickname
@@ -44,18 +78,156 @@ class Allocator:
         self.dead: dict[str, float] = {}   # container ident -> time it died
         # container ident -> addresses an explicit claim took from it while it was stopped
         self.displaced: dict[str, list[ipaddress.IPv4Interface]] = {}
+        # the cluster
+        self.uid, self.quorum, self.observer = uid, quorum, observer
+        self.seeds = sorted(set(seeds or []))
+        self.paxos: Paxos | None = None if observer else Paxos((peer, uid), 0)
+        self.nicknames: dict[str, str] = {peer: nickname}
+        self.outbox: list[tuple] = []        # ("broadcast", state) | ("unicast", peer, kind, body)
+        self.on_change_hooks: list[Callable[[], None]] = []   # called when something is queued or the ring changed
+        self.reachable: Callable[[], set[str]] = set        # the peers we have a route to
+        self.conflict: str | None = None
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._asked: dict[tuple[int, int], float] = {}      # space requests out, and when
+        self._denied: set[tuple[int, int]] = set()
 
     # -- the ring -----------------------------------------------------------
     def establish_ring(self):
-        """Create the ring when it is first needed.  Alone, this peer owns all of it."""
-        if self.ring.empty():
-            self.ring.claim_for_peers([self.peer])
-            self._ring_updated()
+        """Start making the ring when it is first needed (Weave's establishRing).
+
+        Seeds: at once, the same everywhere.  An observer asks the others for theirs.  An
+        elector stands in the election with its quorum; alone (quorum 1) it owns all of it.
+        """
+        if not self.ring.empty():
+            return
+        if self.seeds:
+            self._create_ring(self.seeds)
+        elif self.paxos is None:
+            asked = self._asked.get((0, 0))          # an observer's ring request, now and then
+            if asked is None or self._clock() - asked >= ASK_AGAIN:
+                self._asked[(0, 0)] = self._clock()
+                self._send(("broadcast", {"nicknames": self.nicknames, "paxos": None, "ring": None}))
+        elif not self.paxos.quorum:                  # once: then the election runs by gossip
+            self.paxos.quorum = self.quorum
+            self.paxos.propose()
+            self._after_paxos()
+
+    def _after_paxos(self):
+        value = self.paxos.consensus() if self.paxos is not None else None
+        if value is not None:
+            self._create_ring(list(value))
+        else:
+            self._send(("broadcast", self.gossip_state()))
+
+    def _create_ring(self, peers: list[str]):
+        self.ring.claim_for_peers(peers)
+        log.info("IP allocation ring created for %s", ", ".join(peers))
+        self.paxos = None
+        self._ring_updated()
+        self._send(("broadcast", self.gossip_state()))
 
     def _ring_updated(self):
-        for lo, hi in self.ring.owned_ranges():
+        owned = self.ring.owned_ranges()
+        self.space.keep_only(owned)          # space the ring gave away is no longer ours to hand out
+        for lo, hi in owned:
             self.space.add(lo, hi)
         self.ring.report_free(self.space.num_free)
+        self._changed()
+
+    def _changed(self):
+        for hook in list(self.on_change_hooks):
+            hook()
+
+    def _send(self, message: tuple):
+        self.outbox.append(message)
+        self._changed()
+
+    def has_allocations(self, lo: int, hi: int) -> bool:
+        return any(lo <= a < hi for a in self.space.allocated)
+
+    # -- messages from other peers (ipam/gossip.py decodes them) -------------
+    def gossip_state(self) -> dict:
+        """What we tell others: the ring once there is one, else our part in the election."""
+        if not self.ring.empty():
+            return {"nicknames": self.nicknames, "paxos": None, "ring": self.ring.to_dict()}
+        return {"nicknames": self.nicknames, "paxos": self.paxos.to_list() if self.paxos else [], "ring": None}
+
+    def receive(self, sender: str | None, state: dict) -> bool:
+        """Another peer's state (`sender` None: periodic gossip).  Whether our ring changed.
+        Raises RingConflict for a ring that cannot be ours, changing nothing."""
+        for name, nick in state["nicknames"].items():
+            if name != self.peer:
+                self.nicknames[name] = nick
+        if state["ring"] is not None:
+            try:
+                theirs = Ring.from_dict(state["ring"], self.peer)
+                was_empty = self.ring.empty()
+                updated = self.ring.merge(theirs, self.has_allocations)
+            except RingError as exc:
+                self.conflict = str(exc)
+                raise RingConflict(str(exc)) from None
+            self.conflict = None
+            if updated or (was_empty and not self.ring.empty()):
+                self.paxos = None
+                self._ring_updated()
+                return True
+        elif not self.ring.empty():
+            if sender is not None:                      # it has none: it gets ours
+                self._send(("unicast", sender, RING_UPDATE, self.gossip_state()))
+        elif state["paxos"] is not None:
+            if self.paxos is not None and self.paxos.update(Paxos.from_list(state["paxos"])):
+                if self.paxos.think():
+                    self._send(("broadcast", self.gossip_state()))
+                if self.paxos.consensus() is not None:
+                    self._create_ring(list(self.paxos.consensus()))
+        elif sender is not None and self.paxos is not None:
+            self.establish_ring()                       # an observer asks: stand for election
+        return False
+
+    def space_requested(self, requester: str, lo: int, hi: int):
+        """Another peer wants space in [lo, hi): give it a block, or say no; either way, our ring."""
+        if self.ring.empty():
+            return                                       # it will ask again
+        chunk = self.space.donate(lo, hi)
+        if chunk is not None:
+            self.ring.grant_range_to_host(*chunk, requester)
+            log.info("gave %s-%s to %s", ipaddress.IPv4Address(chunk[0]), ipaddress.IPv4Address(chunk[1] - 1),
+                     requester)
+            self._ring_updated()
+            self._send(("broadcast", self.gossip_state()))
+        else:
+            self._send(("unicast", requester, SPACE_DENIED, {"lo": lo, "hi": hi}))
+        self._send(("unicast", requester, RING_UPDATE, self.gossip_state()))
+
+    def space_denied(self, lo: int, hi: int):
+        self._asked.pop((lo, hi), None)
+        self._denied.add((lo, hi))
+        self._changed()
+
+    def _ask_for_space(self, lo: int, hi: int, only: str | None = None) -> str | None:
+        """Ask a donor for space in [lo, hi) unless we asked lately; the donor asked, or None."""
+        reachable = self.reachable()
+        free: dict[str, int] = {}
+        for e, a, b in self.ring.spans():
+            if e.peer != self.peer and e.free and a < hi and lo < b and e.peer in reachable:
+                free[e.peer] = free.get(e.peer, 0) + e.free
+        if only is not None:
+            free = {only: 1} if only in reachable else {}
+        if not free:
+            return None
+        donor = max(sorted(free), key=lambda p: free[p] * self._rng.random())
+        asked = self._asked.get((lo, hi))
+        if asked is None or self._clock() - asked >= ASK_AGAIN:
+            self._asked[(lo, hi)] = self._clock()
+            self._send(("unicast", donor, SPACE_REQUEST, {"lo": lo, "hi": hi}))
+        return donor
+
+    def _waiting(self, what: str) -> Pending:
+        quorum = f"consensus among {self.quorum} peers" if not self.seeds else "the seed peers"
+        if self.paxos is None and not self.seeds:
+            quorum = "a ring from another peer (observer)"
+        return Pending(f"{what}: the IP allocation ring is not made yet (waiting for {quorum})")
 
     def in_universe(self, addr: int) -> bool:
         return self.ring.start <= addr < self.ring.end
@@ -72,9 +244,17 @@ class Allocator:
         if lo >= hi:
             raise AllocationError(f"subnet {subnet} is outside the allocation range {self.universe}")
         self.establish_ring()
+        if self.ring.empty():
+            raise self._waiting(f"allocation in {subnet}")
         addr = self.space.allocate(lo, hi)
         if addr is None:
-            raise AllocationError(f"no free address left in subnet {subnet}")
+            others = {e.peer for e in self.ring.entries} - {self.peer}
+            if not others:
+                raise AllocationError(f"no free address left in subnet {subnet}")
+            donor = self._ask_for_space(*_full_range(subnet))
+            raise Pending(f"no free address of ours in {subnet}: " +
+                          (f"asked {self._who(donor)} for space" if donor else "waiting for a peer with space"))
+        self._asked.pop(_full_range(subnet), None)
         cidr = ipaddress.IPv4Interface((addr, subnet.prefixlen))
         self._record(ident, cidr, is_container)
         return cidr
@@ -97,11 +277,24 @@ class Allocator:
             raise AllocationError(f"address {cidr.ip} is already in use by {holder}")
         if self.in_universe(addr):
             self.establish_ring()
+            if self.ring.empty():
+                raise self._waiting(f"claim of {cidr.ip}")
             owner = self.ring.owner(addr)
             if owner != self.peer:
-                raise AllocationError(f"address {cidr.ip} is owned by other peer {owner}")
+                # the owner may give exactly that address, if it is free there (Weave's claim.go)
+                if (addr, addr + 1) in self._denied:
+                    self._denied.discard((addr, addr + 1))
+                    raise AllocationError(f"address {cidr.ip} is owned by other peer {self._who(owner)}")
+                if self._ask_for_space(addr, addr + 1, only=owner) is None:
+                    raise Pending(f"address {cidr.ip} is owned by {self._who(owner)}, which cannot be reached")
+                raise Pending(f"address {cidr.ip} is owned by {self._who(owner)}: asked it for the address")
+            self._asked.pop((addr, addr + 1), None)
             self.space.claim(addr)
         self._record(ident, cidr, is_container)
+
+    def _who(self, peer: str) -> str:
+        nick = self.nicknames.get(peer)
+        return f"{peer}({nick})" if nick else peer
 
     def _hand_over(self, holder: str, addr: int):
         """Take addr from a stopped holder without freeing it (the claimant records it next)."""

@@ -12,8 +12,11 @@ too.  No address is ever in two peers' pools.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, replace
 
+_PEER_NAME = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+MAX_ENTRIES = 1 << 16   # a ring that big has tens of thousands of peers' donations in it
 TRANSFER_BOOST = 100   # Weave: versions of transferred entries jump by 100, so they win
 
 
@@ -133,6 +136,8 @@ class Ring:
                             for e in data.get("entries", [])]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RingError(f"malformed ring: {exc}") from None
+        if len(ring.entries) > MAX_ENTRIES or not all(_PEER_NAME.fullmatch(e.peer) for e in ring.entries):
+            raise RingError("malformed ring: too many entries, or an owner that is not a peer name")
         ring.check()
         return ring
 

@@ -35,6 +35,46 @@ class Space:
                 merged.append([lo, hi])
         return [tuple(r) for r in merged]
 
+    def keep_only(self, ranges: list[tuple[int, int]]) -> None:
+        """Forget free addresses outside `ranges` (the ring says they are no longer ours).
+        Allocated ones stay: they are the allocator's to account for."""
+        kept_s, kept_e = [], []
+        for lo, hi in zip(self._starts, self._ends):
+            for r_lo, r_hi in ranges:
+                a, b = max(lo, r_lo), min(hi, r_hi)
+                if a < b:
+                    kept_s.append(a)
+                    kept_e.append(b)
+        order = sorted(zip(kept_s, kept_e))
+        self._starts, self._ends = [a for a, _ in order], [b for _, b in order]
+
+    def donate(self, start: int, end: int) -> tuple[int, int] | None:
+        """A block to give away for a space request over [start, end) (Weave's Space.Donate).
+
+        The biggest CIDR-aligned free block (the later one on a tie); if it is more than half
+        of all that is free there, only its upper half.  It leaves this space.  None: nothing free.
+        """
+        best = None
+        for lo, hi in zip(self._starts, self._ends):
+            lo, hi = max(lo, start), min(hi, end)
+            size = 1 << ((hi - lo).bit_length() - 1) if hi > lo else 0
+            while size:
+                first = -(-lo // size) * size
+                if first + size <= hi:
+                    last = (hi // size) * size - size      # the later aligned block of that size
+                    if best is None or (size, last) > best:
+                        best = (size, last)
+                    break
+                size >>= 1
+        if best is None:
+            return None
+        size, lo = best
+        if size > 1 and size * 2 > self.num_free(start, end):
+            lo, size = lo + size // 2, size // 2
+        self.keep_only([(self_lo, self_hi) for self_lo, self_hi in _subtract_range(
+            (min(self._starts, default=lo), max(self._ends, default=lo + size)), (lo, lo + size))])
+        return lo, lo + size
+
     def clear(self):
         self._starts.clear()
         self._ends.clear()
@@ -117,3 +157,10 @@ def _subtract(rng: tuple[int, int], points: list[int]):
         lo = p + 1
     if lo < hi:
         yield lo, hi
+
+
+def _subtract_range(whole: tuple[int, int], hole: tuple[int, int]):
+    if whole[0] < hole[0]:
+        yield whole[0], min(whole[1], hole[0])
+    if hole[1] < whole[1]:
+        yield max(whole[0], hole[1]), whole[1]
