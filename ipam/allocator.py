@@ -377,7 +377,14 @@ class Allocator:
         return len(self.space.allocated)
 
     def status_word(self) -> str:
-        return "idle" if self.ring.empty() else "ready"
+        """Weave's Status line: idle until needed, then awaiting consensus, then ready."""
+        if not self.ring.empty():
+            return "ready"
+        if self.paxos is not None and self.paxos.quorum:
+            return f"awaiting consensus (quorum: {self.paxos.quorum}, known: {len(self.paxos.knows)})"
+        if self.paxos is None and self._asked.get((0, 0)) is not None:
+            return "waiting for IP range grant from peers"
+        return "idle"
 
     # -- persistence -------------------------------------------------------
     def snapshot(self) -> dict:

@@ -31,7 +31,16 @@ def main():
           flush=True)
     with Testbed() as bed:
         h1, h2 = bed.add_hosts(2)
+        def run_named(h, name):
+            dns_args = show(h, ["weavepy", "dns-args"]).split()
+            show(h, ["weavepy", "run", "-t", "--name", name, "-h", f"{name}.weave.local", *dns_args,
+                     "busybox", "sh"])
+            show(h, ["weavepy", "ps", name])
+
+        print("# host 1: the router, and a container named in weaveDNS; IPAM gives it an address", flush=True)
         show(h1, ["weavepy", "launch"])
+        run_named(h1, "c1")
+        print("# host 2 joins host 1: one network, one address range, one DNS", flush=True)
         show(h2, ["weavepy", "launch", h1.ip])
         print(f"# waiting for the two routers to connect (TCP 6783) and prove the fast path (UDP 6784)...",
               flush=True)
@@ -43,17 +52,14 @@ def main():
         for h in (h1, h2):
             show(h, ["weavepy", "status"])
             show(h, ["weavepy", "status", "connections"])
-        print("# a container on each host, named in weaveDNS, which every host's router gossips to the others",
-              flush=True)
-        for h, name, cidr in ((h1, "c1", "10.2.1.1/24"), (h2, "c2", "10.2.1.2/24")):
-            dns_args = show(h, ["weavepy", "dns-args"]).split()
-            show(h, ["weavepy", "run", cidr, "-t", "--name", name, "-h", f"{name}.weave.local", *dns_args,
-                     "busybox", "sh"])
+        print("# host 2's container: its address is from space host 1 gave it, never one in use", flush=True)
+        run_named(h2, "c2")
+        show(h2, ["weavepy", "status", "ipam"])
         show(h2, ["weavepy", "dns-lookup", "c1"])
         show(h1, ["docker", "exec", "c1", "ping", "-c", "3", "c2"])
         show(h2, ["docker", "exec", "c2", "ping", "-c", "3", "c1"])
 
-        print("# on one host, through the Docker API proxy, containers find each other by name", flush=True)
+        print("# through the Docker API proxy, plain docker run joins the network too", flush=True)
         show(h1, ["weavepy", "env"])
         print(f"{h1.name}$ eval $(weavepy env)", flush=True)
         show(h1, ["docker", "run", "-dt", "--name", "c3", "busybox", "sh"], env=PROXY)

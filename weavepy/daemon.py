@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import ssl
 import sys
@@ -22,6 +23,7 @@ from weavepy.api import build_app
 from weavepy.proxy.server import DockerProxy, find_weavewait, install_weavewait
 from weavepy.dns.gossip import CHANNEL as DNS_CHANNEL, DNSGossiper, Entries
 from weavepy.dns.records import Records
+from weavepy.ipam.gossip import CHANNEL as IPAM_CHANNEL, IPAMGossiper
 from weavepy.dns.responder import Responder
 from weavepy.dns.server import DNSServer
 from weavepy.dns.upstream import ResolvConf
@@ -81,7 +83,10 @@ class Daemon:
         self.peer = choose_peer_name(config)
         bridge.ensure_bridge(self.peer, config.mtu)
         iptables.setup(bridge.BRIDGE)
-        self.allocator = Allocator(self.peer, config.universe, config.default_subnet, config.effective_nickname)
+        self.uid = secrets.randbits(64) | 1     # this run's: the mesh's peer UID and the IPAM election's node
+        quorum, seeds, observer = config.ipam_bootstrap(len(initial_targets(config)))
+        self.allocator = Allocator(self.peer, config.universe, config.default_subnet, config.effective_nickname,
+                                   uid=self.uid, quorum=quorum, seeds=seeds, observer=observer)
         saved = statefile.read_json(cfg.state_path(IPAM_FILE))
         if saved:
             why = self.allocator.restore(saved)
@@ -110,16 +115,21 @@ class Daemon:
             self.fastdp, self.fastdp_error = None, str(exc)
             log.warning("%s; peer connections will carry no container traffic", exc)
             overlays.append(NullOverlay())
-        self.router = MeshRouter(self.peer, c.effective_nickname, port=c.port, host=c.host,
+        self.router = MeshRouter(self.peer, c.effective_nickname, uid=self.uid, port=c.port, host=c.host,
                                  conn_limit=c.conn_limit, discovery=c.discovery, overlays=overlays,
                                  on_targets_changed=self.save_targets)
         try:
             await self.router.start()
         except ListenError as exc:
             raise SystemExit(f"weavepy: {exc}") from None
+        # the allocator's ring and its election, on every peer
+        router = self.router
+        ipam = IPAMGossiper(self.allocator)
+        ipam.attach(router.channel(IPAM_CHANNEL, ipam))
+        self.allocator.reachable = lambda: set(router.core.routes.unicast_all)
+        ipam.flush()      # what was queued before the mesh was up (an election begun at restore)
         if self.dns_records is not None:   # every peer's names, on every peer
             records = self.dns_records
-            router = self.router
             channel = router.channel(DNS_CHANNEL, DNSGossiper(records, known_peer=lambda p: p in router.core.peers))
             records.on_local_change = lambda entries: channel.broadcast(Entries.of(entries))
             self.router.peer_gone_listeners.append(records.peer_gone)

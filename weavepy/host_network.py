@@ -13,7 +13,7 @@ import logging
 import os
 import time
 
-from weavepy.ipam.allocator import AllocationError, Allocator
+from weavepy.ipam.allocator import AllocationError, Allocator, Pending
 from weavepy.ipam.request import AddressError, AllocateIn, parse_requests
 from weavepy.net import bridge, iptables, veth
 from weavepy.net.arp import send_gratuitous_arp
@@ -56,6 +56,21 @@ class HostNetwork:
         self.records: dict[str, dict] = statefile.read_json(records_file, {}) or {}
         self.lock = asyncio.Lock()
         self._background: set[asyncio.Task] = set()
+        # Set whenever the allocator queued a message or its ring changed (a donation came, the
+        # ring was agreed): waiting requests ask again, and the ring is written to disk.
+        self.allocator_changed = asyncio.Event()
+        self._persist_soon = False
+        allocator.on_change_hooks.append(self._allocator_changed)
+
+    def _allocator_changed(self):
+        self.allocator_changed.set()
+        if not self._persist_soon:
+            self._persist_soon = True
+            asyncio.get_running_loop().call_soon(self._persist_now)
+
+    def _persist_now(self):
+        self._persist_soon = False
+        self.persist()
 
     # -- persistence -------------------------------------------------------
     def persist(self):
@@ -85,17 +100,18 @@ class HostNetwork:
             raise UserError(f"container {name} uses the host's network (--net=host); it cannot be attached")
         return info
 
-    def _acquire(self, ident: str, requests, is_container: bool) -> tuple[list, list]:
-        """Allocate or claim each request; returns (all addresses, the ones that are new)."""
+    async def _acquire(self, ident: str, requests, is_container: bool) -> tuple[list, list]:
+        """Allocate or claim each request; returns (all addresses, the ones that are new).
+
+        A request the cluster must answer first (the ring being agreed, space asked of another
+        peer) waits, as Weave's does, and is asked again whenever the allocator says something
+        changed, and every second.
+        """
         cidrs, new = [], []
         try:
             for req in requests:
                 had = {c.ip for c in self.allocator.addresses(ident)}
-                if isinstance(req, AllocateIn):
-                    cidr = self.allocator.allocate(ident, req.subnet, is_container)
-                else:
-                    cidr = req.cidr
-                    self.allocator.claim(ident, cidr, is_container)
+                cidr = await self._until_answered(ident, req, is_container)
                 if cidr.ip not in had:
                     new.append(cidr)
                 if cidr not in cidrs:
@@ -104,6 +120,24 @@ class HostNetwork:
             self._release(ident, new)
             raise UserError(str(exc)) from None
         return cidrs, new
+
+    async def _until_answered(self, ident: str, req, is_container: bool):
+        said = None
+        while True:
+            self.allocator_changed.clear()
+            try:
+                if isinstance(req, AllocateIn):
+                    return self.allocator.allocate(ident, req.subnet, is_container)
+                self.allocator.claim(ident, req.cidr, is_container)
+                return req.cidr
+            except Pending as waiting:
+                if str(waiting) != said:
+                    said = str(waiting)
+                    log.info("%s for %s", said, ident[:12])
+            try:
+                await asyncio.wait_for(self.allocator_changed.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
 
     def _release(self, ident: str, cidrs):
         for cidr in cidrs:
@@ -123,7 +157,7 @@ class HostNetwork:
         async with self.lock:
             info = await self._running_container(container)
             cid, pid = info["Id"], info["State"]["Pid"]
-            cidrs, new = self._acquire(cid, requests, is_container=True)
+            cidrs, new = await self._acquire(cid, requests, is_container=True)
             try:
                 if rewrite_hosts:  # before ethwe is up: weavewait starts the process once it is
                     self._rewrite_hosts(info, cidrs, extra_hosts)
@@ -277,7 +311,7 @@ class HostNetwork:
         except AddressError as exc:
             raise UserError(str(exc)) from None
         async with self.lock:
-            cidrs, new = self._acquire(EXPOSE_IDENT, requests, is_container=False)
+            cidrs, new = await self._acquire(EXPOSE_IDENT, requests, is_container=False)
             try:
                 await asyncio.to_thread(self._plumb_expose, cidrs, masquerade)
             except Exception as exc:
@@ -362,7 +396,7 @@ class HostNetwork:
                 holder = self.allocator.by_addr.get(int(lost.ip), "another container")
                 try:
                     new = self.allocator.allocate(cid, lost.network, is_container=True)
-                except (AllocationError, AddressError) as exc:
+                except (AllocationError, AddressError, Pending) as exc:
                     log.error("container %s restarted, but its address %s was claimed by %s while it was "
                               "stopped, and no other address could be given (%s)", cid[:12], lost, holder[:12], exc)
                     continue

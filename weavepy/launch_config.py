@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import asdict, dataclass, field
 
@@ -104,9 +105,7 @@ class LaunchConfig:
         if not host or not port.isdigit():
             raise ConfigError(f"invalid --http-addr '{self.http_addr}': expected HOST:PORT")
         if self.ipalloc_init is not None:
-            mode = self.ipalloc_init.split("=", 1)[0]
-            if mode not in ("consensus", "seed", "observer"):
-                raise ConfigError(f"Unable to parse --ipalloc-init: unknown mode: {mode}")
+            self.ipam_bootstrap(0)     # raises ConfigError naming what does not parse
         if self.dns_ttl < 0:
             raise ConfigError(f"invalid --dns-ttl {self.dns_ttl}")
         if not self.dns_domain.strip(".") or " " in self.dns_domain:
@@ -156,6 +155,30 @@ class LaunchConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def ipam_bootstrap(self, targets: int) -> tuple[int, list[str], bool]:
+        """(quorum, seeds, observer) from --ipalloc-init, as Weave's weaver reads it.
+
+        consensus=N: a majority of N peers agree on the first ring (N defaults to the number of
+        initial peers, `targets`, plus this one); seed=NAME,...: those peers' ring, at once and
+        the same everywhere; observer: never votes, takes the ring from others.
+        """
+        spec = self.ipalloc_init or "consensus"
+        mode, _, arg = spec.partition("=")
+        bad = f"Unable to parse --ipalloc-init: {spec!r}"
+        if mode == "consensus":
+            if arg and not (arg.isdigit() and int(arg) > 0):
+                raise ConfigError(f"{bad}: consensus=N needs a positive number of peers")
+            n = int(arg) if arg else targets + 1
+            return n // 2 + 1, [], False
+        if mode == "seed":
+            seeds = [name.strip().lower() for name in arg.split(",") if name.strip()]
+            if not seeds or not all(re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", name) for name in seeds):
+                raise ConfigError(f"{bad}: seed= needs a comma-separated list of peer names (MACs)")
+            return 1, seeds, False
+        if mode == "observer" and not arg:
+            return 1, [], True
+        raise ConfigError(f"{bad}: the modes are consensus[=N], seed=NAME,... and observer")
 
     @classmethod
     def from_dict(cls, data: dict) -> "LaunchConfig":
