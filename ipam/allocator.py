@@ -292,6 +292,50 @@ class Allocator:
             self.space.claim(addr)
         self._record(ident, cidr, is_container)
 
+    # -- peers leaving -------------------------------------------------------
+    def resolve_peer(self, given: str) -> str:
+        """A peer named by name or nickname, as `rmpeer` takes it; AllocationError if unknown."""
+        names = {e.peer for e in self.ring.entries} | set(self.nicknames)
+        if given.lower() in names:
+            return given.lower()
+        by_nick = [name for name, nick in self.nicknames.items() if nick == given]
+        if len(by_nick) == 1:
+            return by_nick[0]
+        raise AllocationError(f"unknown peer {given!r}" if not by_nick else
+                              f"nickname {given!r} is ambiguous: {', '.join(sorted(by_nick))}")
+
+    def take_over(self, given: str) -> int:
+        """`rmpeer`: a dead peer's space becomes ours (Weave's AdminTakeoverRanges); how many addresses.
+
+        Refused for ourselves and for a peer we can reach: two live owners of one range would
+        hand out the same addresses.
+        """
+        peer = self.resolve_peer(given)
+        if peer == self.peer:
+            raise AllocationError("cannot remove the local peer: use `weavepy reset` to leave")
+        if peer in self.reachable():
+            raise AllocationError(f"peer {self._who(peer)} is still connected: stop it (or cut it off) first")
+        ranges = self.ring.transfer(peer, self.peer)
+        if ranges:
+            log.info("took over %d addresses from %s", sum(hi - lo for lo, hi in ranges), self._who(peer))
+            self._ring_updated()
+            self._send(("broadcast", self.gossip_state()))
+        return sum(hi - lo for lo, hi in ranges)
+
+    def leave(self) -> str | None:
+        """`reset`: hand all our space to the first reachable peer in ring order, so none is lost."""
+        reachable = self.reachable()
+        heir = next((e.peer for e in self.ring.entries if e.peer != self.peer and e.peer in reachable), None)
+        if heir is None:
+            return None
+        self.ring.transfer(self.peer, heir)
+        self.space.clear()
+        self.owned.clear()
+        self.by_addr.clear()
+        log.info("handed our IP space to %s", self._who(heir))
+        self._send(("broadcast", self.gossip_state()))
+        return heir
+
     def _who(self, peer: str) -> str:
         nick = self.nicknames.get(peer)
         return f"{peer}({nick})" if nick else peer

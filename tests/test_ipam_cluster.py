@@ -231,3 +231,40 @@ def test_random_gossip_bytes_raise_only_protocol_errors():
             pass
     a.ring.check()
     assert str(a.allocate("d", UNIVERSE, True)).startswith("10.32.0.2")
+
+
+def test_rmpeer_takes_over_a_dead_peers_space_and_is_refused_while_it_lives():
+    net, (h1, h2, h3) = cluster(3, quorum=2, seed=6)
+    net.run(1)
+    for name in (h1, h2, h3):
+        net.request(name, f"{name}-c")
+    net.run(3)
+    theirs = sum(hi - lo for lo, hi in net.alloc[h1].ring.owned_ranges(h3))
+    assert theirs > 0
+    with pytest.raises(AllocationError, match="still connected"):
+        net.alloc[h1].take_over(h3)
+    with pytest.raises(AllocationError, match="local peer"):
+        net.alloc[h1].take_over(h1)
+    with pytest.raises(AllocationError, match="unknown peer"):
+        net.alloc[h1].take_over("02:00:00:00:09:99")
+    net.crash(h3)
+    net.run(70)                                     # its connections time out: it is unreachable
+    assert net.alloc[h1].take_over(f"n{h3[-2:]}") == theirs      # by nickname
+    net.run(2)
+    for name in (h1, h2):                           # everyone sees it: h3 is out of the ring
+        assert net.alloc[name].ring.owned_ranges(h3) == []
+    net.request(h2, "after")
+    net.run(3)
+    assert "after" in net.got[h2]
+
+
+def test_a_peer_that_leaves_hands_its_space_to_another_and_none_is_lost():
+    net, (h1, h2) = cluster(2, quorum=2, seed=8)
+    net.run(1)
+    net.request(h1, "x")
+    net.run(3)
+    size = lambda peer: sum(hi - lo for lo, hi in net.alloc[h2].ring.owned_ranges(peer))
+    before = size(h1) + size(h2)
+    heir = net.alloc[h1].leave()
+    net.run(2)
+    assert heir == h2 and size(h1) == 0 and size(h2) == before == 1 << 20

@@ -1,6 +1,7 @@
 """The daemon's HTTP API (127.0.0.1:6784 by default): status, report, and the calls the CLI makes."""
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -8,6 +9,7 @@ from aiohttp import web
 
 from weavepy import metrics, status
 from weavepy.host_network import UserError
+from weavepy.ipam.allocator import AllocationError
 
 
 def build_app(daemon) -> web.Application:
@@ -165,6 +167,25 @@ def build_app(daemon) -> web.Application:
         if daemon.proxy is None:
             raise web.HTTPNotFound(text="the proxy is not running\n")
         return text("".join(f"{a}\n" for a in daemon.proxy.addresses))
+
+    @routes.delete("/peer/{name}")
+    async def remove_peer(request):
+        """Weave's rmpeer: a dead peer's IP space becomes ours."""
+        name = request.match_info["name"]
+        try:
+            taken = daemon.allocator.take_over(name)
+        except AllocationError as exc:
+            raise UserError(str(exc)) from None
+        return text(f"{taken} IPs taken over from {name}\n")
+
+    @routes.post("/weavepy/leave")
+    async def leave(request):
+        """Before `reset`: hand our IP space to another peer, and give the mesh a moment to carry it."""
+        heir = daemon.allocator.leave()
+        if heir is not None:
+            daemon.network.persist()
+            await asyncio.sleep(0.5)
+        return text(f"{heir or ''}\n")
 
     @routes.get("/ipinfo/defaultsubnet")
     async def default_subnet(request):

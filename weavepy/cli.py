@@ -93,6 +93,9 @@ Start this host's router daemon and wait until it answers (prints the peer name)
                 "Add peers (host or host:port) for the router to connect to; --replace drops the others.\n"),
     "forget": ("Usage: weavepy forget <peer> ...\n\n"
                "Stop connecting to these peers. A live connection stays up; it is not re-made once it ends.\n"),
+    "rmpeer": ("Usage: weavepy rmpeer <peer> ...\n\n"
+               "Take over the IP space of peers that are gone for good (by name or nickname). Refused for a\n"
+               "peer that is still connected.\n"),
     "reset": ("Usage: weavepy reset [--force]\n\nStop the daemon and remove everything weavepy made: the bridge, "
               "container interfaces,\niptables rules and all persisted state. --force carries on past errors.\n"),
     "version": "Usage: weavepy version\n\nPrint the versions of this script and of the running router.\n",
@@ -290,6 +293,14 @@ def cmd_forget(args):
     client.post("/forget", {"peers": peers})
 
 
+def cmd_rmpeer(args):
+    peers, _ = split_args(args, set(), set())
+    if not peers:
+        raise CLIError("rmpeer: no peer given\n" + HELP["rmpeer"])
+    for peer in peers:
+        print(client.request("DELETE", f"/peer/{peer}"), end="")
+
+
 def cmd_stop(args):
     split_args(args, set(), set())
     if os.environ.get("DOCKER_HOST", "").endswith("weave.sock"):
@@ -313,6 +324,11 @@ def cmd_reset(args):
                 raise CLIError(f"reset: {what}: {exc} (use --force to carry on)") from None
 
     from weavepy.net import bridge, iptables, veth
+    if client.running_pid() is not None:     # our IP space to another peer first, so none of it is lost
+        try:
+            client.request("POST", "/weavepy/leave", timeout=10)
+        except CLIError:
+            pass
     step("stopping the daemon", client.stop_daemon)
     step("removing container interfaces", lambda: [veth.delete_host_end(n) for n in veth.host_ends()])
     step("removing the bridge", bridge.delete_bridge)
@@ -522,7 +538,7 @@ def cmd_dns_lookup(args):
 COMMANDS = {
     "env": cmd_env, "config": cmd_config,
     "dns-args": cmd_dns_args, "dns-add": cmd_dns_add, "dns-remove": cmd_dns_remove, "dns-lookup": cmd_dns_lookup,
-    "launch": cmd_launch, "connect": cmd_connect, "forget": cmd_forget, "stop": cmd_stop, "reset": cmd_reset, "version": cmd_version,
+    "launch": cmd_launch, "connect": cmd_connect, "forget": cmd_forget, "rmpeer": cmd_rmpeer, "stop": cmd_stop, "reset": cmd_reset, "version": cmd_version,
     "status": cmd_status, "report": cmd_report, "run": cmd_run, "attach": cmd_attach,
     "detach": cmd_detach, "ps": cmd_ps, "expose": cmd_expose, "hide": cmd_hide,
 }
