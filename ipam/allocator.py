@@ -423,11 +423,14 @@ class Allocator:
     def status_word(self) -> str:
         """Weave's Status line: idle until needed, then awaiting consensus, then ready."""
         if not self.ring.empty():
+            reachable = self.reachable() | {self.peer}
+            if not any(e.peer in reachable for e, lo, hi in self.ring.spans() if hi > lo):
+                return "all IP ranges owned by unreachable peers - use 'rmpeer' if they are dead"
             return "ready"
         if self.paxos is not None and self.paxos.quorum:
             return f"awaiting consensus (quorum: {self.paxos.quorum}, known: {len(self.paxos.knows)})"
         if self.paxos is None and self._asked.get((0, 0)) is not None:
-            return "waiting for IP range grant from peers"
+            return "priming"
         return "idle"
 
     # -- persistence -------------------------------------------------------

@@ -58,3 +58,18 @@ def testbed():
 @pytest.fixture(scope="session")
 def hosts(testbed):
     return testbed.add_hosts(2)
+
+
+@pytest.fixture
+def clean_hosts(hosts, testbed):
+    """The two shared hosts with no containers and no router, and an upstream DNS stub; the same after."""
+    def reset():
+        for h in hosts:
+            h.remove_all_containers()
+            h.weavepy("reset", "--force", check=False)
+    reset()
+    stub = testbed.start_dns_stub()
+    yield hosts
+    reset()
+    if stub in testbed.stubs:
+        testbed.stop_dns_stub(stub)

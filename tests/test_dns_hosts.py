@@ -9,24 +9,13 @@ from testbed import wait_for
 pytestmark = pytest.mark.integration
 
 
-def reset(*hosts):
-    for h in hosts:
-        h.remove_all_containers()
-        h.weavepy("reset", "--force", check=False)
-
-
 @pytest.fixture
-def pair(hosts, testbed):
-    h1, h2 = hosts
-    reset(h1, h2)
-    stub = testbed.start_dns_stub()
+def pair(clean_hosts):
+    h1, h2 = clean_hosts
     h1.weavepy("launch")
     h2.weavepy("launch", h1.ip)
     assert wait_for(lambda: all("1 (1 established)" in h.weavepy("status").stdout for h in (h1, h2)), timeout=20)
-    yield h1, h2
-    reset(h1, h2)
-    if stub in testbed.stubs:
-        testbed.stop_dns_stub(stub)
+    return h1, h2
 
 
 def run_named(h, name, cidr):

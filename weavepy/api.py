@@ -10,6 +10,7 @@ from aiohttp import web
 from weavepy import metrics, status
 from weavepy.host_network import UserError
 from weavepy.ipam.allocator import AllocationError
+from weavepy.ipam.request import AddressError, parse_cidr, parse_subnet
 
 
 def build_app(daemon) -> web.Application:
@@ -186,6 +187,55 @@ def build_app(daemon) -> web.Application:
             daemon.network.persist()
             await asyncio.sleep(0.5)
         return text(f"{heir or ''}\n")
+
+    # -- Weave's HTTP allocation API (ipam/http.go) ---------------------------------------
+    def subnet_of(request):
+        try:
+            return parse_subnet(f"{request.match_info['net']}/{request.match_info['prefixlen']}")
+        except AddressError as exc:
+            raise UserError(str(exc), 400) from None
+
+    @routes.post("/ip/{id}")
+    async def ip_allocate(request):
+        return text(str(await net.api_allocate(request.match_info["id"])))
+
+    @routes.post("/ip/{id}/{net}/{prefixlen}")
+    async def ip_allocate_in(request):
+        return text(str(await net.api_allocate(request.match_info["id"], subnet_of(request))))
+
+    @routes.get("/ip/{id}")
+    async def ip_get(request):
+        subnet = daemon.allocator.default_subnet
+        return text(" ".join(str(c) for c in daemon.allocator.addresses_in(request.match_info["id"], subnet)))
+
+    @routes.get("/ip/{id}/{net}/{prefixlen}")
+    async def ip_get_in(request):
+        return text(" ".join(str(c) for c in daemon.allocator.addresses_in(request.match_info["id"],
+                                                                          subnet_of(request))))
+
+    @routes.put("/ip/{id}/{ip}/{prefixlen}")
+    async def ip_claim(request):
+        try:
+            cidr = parse_cidr(f"{request.match_info['ip']}/{request.match_info['prefixlen']}")
+        except AddressError as exc:
+            raise UserError(str(exc), 400) from None
+        await net.api_claim(request.match_info["id"], cidr)
+        return web.Response(status=204)
+
+    @routes.delete("/ip/{id}/{ip}")
+    async def ip_free(request):
+        await net.api_free(request.match_info["id"], request.match_info["ip"])
+        return web.Response(status=204)
+
+    @routes.delete("/ip/{id}")
+    async def ip_free_all(request):
+        await net.api_free(request.match_info["id"], None)
+        return web.Response(status=204)
+
+    @routes.get("/ring")
+    async def ring(request):
+        await net.api_ring()
+        return text("")
 
     @routes.get("/ipinfo/defaultsubnet")
     async def default_subnet(request):

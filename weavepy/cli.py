@@ -93,6 +93,8 @@ Start this host's router daemon and wait until it answers (prints the peer name)
                 "Add peers (host or host:port) for the router to connect to; --replace drops the others.\n"),
     "forget": ("Usage: weavepy forget <peer> ...\n\n"
                "Stop connecting to these peers. A live connection stays up; it is not re-made once it ends.\n"),
+    "prime": ("Usage: weavepy prime\n\nMake the IP allocation ring now (the election among the initial peers, "
+              "if any),\nand wait until it exists.\n"),
     "rmpeer": ("Usage: weavepy rmpeer <peer> ...\n\n"
                "Take over the IP space of peers that are gone for good (by name or nickname). Refused for a\n"
                "peer that is still connected.\n"),
@@ -291,6 +293,11 @@ def cmd_forget(args):
     if not peers:
         raise CLIError("forget: no peer given\n" + HELP["forget"])
     client.post("/forget", {"peers": peers})
+
+
+def cmd_prime(args):
+    split_args(args, set(), set())
+    client.request("GET", "/ring", timeout=3600)
 
 
 def cmd_rmpeer(args):
@@ -538,7 +545,7 @@ def cmd_dns_lookup(args):
 COMMANDS = {
     "env": cmd_env, "config": cmd_config,
     "dns-args": cmd_dns_args, "dns-add": cmd_dns_add, "dns-remove": cmd_dns_remove, "dns-lookup": cmd_dns_lookup,
-    "launch": cmd_launch, "connect": cmd_connect, "forget": cmd_forget, "rmpeer": cmd_rmpeer, "stop": cmd_stop, "reset": cmd_reset, "version": cmd_version,
+    "launch": cmd_launch, "connect": cmd_connect, "forget": cmd_forget, "rmpeer": cmd_rmpeer, "prime": cmd_prime, "stop": cmd_stop, "reset": cmd_reset, "version": cmd_version,
     "status": cmd_status, "report": cmd_report, "run": cmd_run, "attach": cmd_attach,
     "detach": cmd_detach, "ps": cmd_ps, "expose": cmd_expose, "hide": cmd_hide,
 }

@@ -14,7 +14,7 @@ import os
 import time
 
 from weavepy.ipam.allocator import AllocationError, Allocator, Pending
-from weavepy.ipam.request import AddressError, AllocateIn, parse_requests
+from weavepy.ipam.request import AddressError, AllocateIn, Claim, parse_requests
 from weavepy.net import bridge, iptables, veth
 from weavepy.net.arp import send_gratuitous_arp
 from weavepy import hosts_file, statefile
@@ -120,6 +120,49 @@ class HostNetwork:
             self._release(ident, new)
             raise UserError(str(exc)) from None
         return cidrs, new
+
+    # -- Weave's HTTP allocation API (/ip/...): addresses for an id, no interfaces -------------
+    async def api_allocate(self, ident: str, subnet: ipaddress.IPv4Network | None = None):
+        async with self.lock:
+            try:
+                cidr = await self._until_answered(ident, AllocateIn(subnet or self.allocator.default_subnet),
+                                                  is_container=False)
+            except (AllocationError, AddressError) as exc:
+                raise UserError(str(exc), 400) from None
+            self.persist()
+            return cidr
+
+    async def api_claim(self, ident: str, cidr: ipaddress.IPv4Interface):
+        async with self.lock:
+            try:
+                await self._until_answered(ident, Claim(cidr), is_container=False)
+            except (AllocationError, AddressError) as exc:
+                raise UserError(f"Unable to claim: {exc}", 400) from None
+            self.persist()
+
+    async def api_free(self, ident: str, addr: str | None):
+        async with self.lock:
+            if addr is None:
+                if not self.allocator.free_all(ident):
+                    raise UserError(f"Delete: no addresses for {ident}", 400)
+            else:
+                try:
+                    self.allocator.free(ident, ipaddress.IPv4Address(addr))
+                except (AllocationError, ValueError) as exc:
+                    raise UserError(f"Unable to free: {exc}", 400) from None
+            self.persist()
+
+    async def api_ring(self):
+        """`weavepy prime`: make the ring now, and wait until there is one."""
+        while True:
+            self.allocator_changed.clear()
+            self.allocator.establish_ring()
+            if not self.allocator.ring.empty():
+                return
+            try:
+                await asyncio.wait_for(self.allocator_changed.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
 
     async def _until_answered(self, ident: str, req, is_container: bool):
         said = None
