@@ -1,8 +1,11 @@
 """Cluster-wide IPAM as users meet it: the walkthrough's two hosts, nobody configuring anything,
 containers with distinct addresses from 10.32.0.0/12 that ping each other by name across hosts."""
 import ipaddress
+import json
 import shlex
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -67,7 +70,8 @@ def test_rmpeer_is_refused_for_a_live_peer_and_takes_over_a_dead_ones_space(clea
 API = ("import sys, urllib.request, urllib.error\n"
        "req = urllib.request.Request('http://127.0.0.1:6784' + sys.argv[2], method=sys.argv[1])\n"
        "try:\n"
-       "    r = urllib.request.urlopen(req, timeout=30); print(r.status, r.read().decode())\n"
+       "    r = urllib.request.urlopen(req, timeout=float(sys.argv[3]) if sys.argv[3:] else 30)\n"
+       "    print(r.status, r.read().decode())\n"
        "except urllib.error.HTTPError as e:\n"
        "    print(e.code, e.read().decode())\n")
 
@@ -142,3 +146,90 @@ def test_three_hosts_attach_a_hundred_each_at_once_and_no_address_is_given_twice
     finally:
         third_host.remove_all_containers()
         third_host.weavepy("reset", "--force", check=False)
+
+
+def owned(h) -> dict[str, list[str]]:
+    code, body = api(h, "GET", "/ip")
+    return {o["containerid"]: o["addrs"] for o in (json.loads(body)["owned"] or [])}
+
+
+def assert_no_address_twice(hosts):
+    seen = {}
+    for h in hosts:
+        for ident, addrs in owned(h).items():
+            for a in addrs:
+                ip = a.split("/")[0]
+                assert ip not in seen, f"{ip}: {seen[ip]} and {h.name}/{ident}"
+                seen[ip] = f"{h.name}/{ident}"
+    return seen
+
+
+def cut_off(h, others):
+    for o in others:
+        h.run(f"iptables -A INPUT -s {o.ip} -j DROP; iptables -A OUTPUT -d {o.ip} -j DROP")
+
+
+def heal(*hosts):
+    for h in hosts:
+        h.run("iptables -F INPUT; iptables -F OUTPUT", check=False)
+
+
+def test_partitions_while_all_allocate_then_rmpeer_of_a_killed_router(clean_hosts, third_host):
+    h1, h2 = clean_hosts
+    h3 = third_host
+    trio = [h1, h2, h3]
+    h3.weavepy("reset", "--force", check=False)
+    try:
+        h1.weavepy("launch", h2.ip)
+        h2.weavepy("launch", h1.ip)
+        assert api(h1, "POST", "/ip/first")[0] == 200          # the ring: h1 and h2 share it
+        h3.weavepy("launch", "--no-restart", h1.ip, h2.ip)      # joins later: owns nothing
+        assert wait_for(lambda: all("2 (2 established)" in h.weavepy("status").stdout for h in trio), timeout=30)
+
+        # {h1, h2} | {h3}: h3's allocation waits, it never guesses, and finishes after the heal
+        cut_off(h3, [h1, h2])
+        assert wait_for(lambda: status_line(h3, "Peers") == "1", timeout=30)
+        waiter = h3.popen([sys.executable, "-c", API, "POST", "/ip/waiter", "120"], stdout=subprocess.PIPE, text=True)
+        for i in range(20):
+            assert api(h1, "POST", f"/ip/a{i}")[0] == 200 and api(h2, "POST", f"/ip/b{i}")[0] == 200
+        time.sleep(20)
+        assert waiter.poll() is None and "waiter" not in owned(h3)
+        heal(h3)
+        out, _ = waiter.communicate(timeout=60)
+        assert out.startswith("200 10.")
+        assert len(assert_no_address_twice(trio)) == 42
+
+        # {h1} | {h2, h3}: each side allocates from what it owns; nothing twice after the heal
+        cut_off(h1, [h2, h3])
+        assert wait_for(lambda: status_line(h1, "Peers") == "1", timeout=30)
+        for i in range(20):
+            for h in trio:
+                assert api(h, "POST", f"/ip/p2-{h.name}-{i}")[0] == 200
+        heal(h1)
+        assert wait_for(lambda: all("2 (2 established)" in h.weavepy("status").stdout for h in trio), timeout=30)
+        assert len(assert_no_address_twice(trio)) == 42 + 60
+
+        # kill -9 of h3 (no restart): rmpeer refused while it lives, then its space is taken over
+        peer3 = h3.weavepy("report").stdout.split('"Name": "')[1].split('"')[0]
+        refused = h1.weavepy("rmpeer", peer3, check=False)
+        assert refused.returncode == 1 and "still connected" in refused.stderr
+        in_h3 = next(a for a in owned(h3).values())[0].split("/")[0]
+        h3.run(["kill", "-9", str(h3.daemon_pid())])
+        # a claim of an address in h3's space now waits: its owner cannot be reached
+        spare = str(ipaddress.IPv4Address(in_h3) + 100)
+        claim = h2.popen([sys.executable, "-c", API, "PUT", f"/ip/claimer/{spare}/12", "120"],
+                         stdout=subprocess.PIPE, text=True)
+        assert wait_for(lambda: all(status_line(h, "Peers").startswith("2 ") for h in (h1, h2)), timeout=30)
+        assert claim.poll() is None
+        taken = h1.weavepy("rmpeer", peer3).stdout
+        assert taken.endswith(f"IPs taken over from {peer3}\n") and not taken.startswith("0 ")
+        start = time.monotonic()
+        out, _ = claim.communicate(timeout=30)
+        assert out.startswith("204") and time.monotonic() - start < 5, out
+        assert api(h2, "POST", "/ip/after-rmpeer")[0] == 200 and time.monotonic() - start < 5
+        for h in (h1, h2):
+            assert peer3 not in h.weavepy("status", "ipam").stdout
+        assert_no_address_twice([h1, h2])
+    finally:
+        heal(*trio)
+        h3.weavepy("reset", "--force", check=False)
