@@ -73,3 +73,10 @@ def clean_hosts(hosts, testbed):
     reset()
     if stub in testbed.stubs:
         testbed.stop_dns_stub(stub)
+
+
+@pytest.fixture(scope="session")
+def third_host(testbed):
+    """A third host with dockerd, for the tests that need three; made once."""
+    (host,) = testbed.add_hosts(1)
+    return host

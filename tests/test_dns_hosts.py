@@ -73,3 +73,25 @@ def test_a_stopped_router_takes_its_names_and_brings_back_only_those_still_runni
     assert within(20, lambda: lookup(h2, "keep") == ["10.2.1.11"]) is not None
     time.sleep(2)
     assert lookup(h2, "lose") == [] and lookup(h1, "lose") == []
+
+
+def test_five_rounds_of_one_name_moving_between_three_hosts_each_lookup_right(clean_hosts, third_host):
+    """Weave's 210: the same name started and killed on one host after another."""
+    trio = [*clean_hosts, third_host]
+    third_host.remove_all_containers()
+    third_host.weavepy("reset", "--force", check=False)
+    try:
+        for h in trio:
+            h.weavepy("launch", *(o.ip for o in trio if o is not h))
+        assert wait_for(lambda: all("2 (2 established)" in h.weavepy("status").stdout for h in trio), timeout=30)
+        for round_ in range(5):
+            h = trio[round_ % 3]
+            run_named(h, "moving", f"10.2.1.{50 + round_}/24")
+            assert within(2, lambda: all(lookup(o, "moving") == [f"10.2.1.{50 + round_}"] for o in trio)) \
+                is not None, round_
+            h.docker("kill", "moving")
+            assert within(2, lambda: all(lookup(o, "moving") == [] for o in trio)) is not None, round_
+            h.docker("rm", "moving")
+    finally:
+        third_host.remove_all_containers()
+        third_host.weavepy("reset", "--force", check=False)

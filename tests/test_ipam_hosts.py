@@ -106,13 +106,6 @@ def test_weaves_http_allocation_api_and_prime(clean_hosts):
     assert api(h2, "POST", "/ip/remote")[1] == "10.44.0.0/12"
 
 
-@pytest.fixture(scope="module")
-def third_host(testbed):
-    (host,) = testbed.add_hosts(1)
-    yield host
-    testbed.remove_host(host)
-
-
 def test_three_hosts_attach_a_hundred_each_at_once_and_no_address_is_given_twice(clean_hosts, third_host):
     trio = [*clean_hosts, third_host]
     third_host.remove_all_containers()
