@@ -421,7 +421,12 @@ class Allocator:
         return len(self.space.allocated)
 
     def status_word(self) -> str:
-        """Weave's Status line: idle until needed, then awaiting consensus, then ready."""
+        """Weave's Status line: idle until needed, then awaiting consensus, then ready; and a
+        peer's ring we refused (two clusters joined), which the user must settle (`reset` one)."""
+        word = self._status_word()
+        return word if self.conflict is None else f"{word}; refusing another peer's ring: {self.conflict}"
+
+    def _status_word(self) -> str:
         if not self.ring.empty():
             reachable = self.reachable() | {self.peer}
             if not any(e.peer in reachable for e, lo, hi in self.ring.spans() if hi > lo):

@@ -194,6 +194,8 @@ def test_conflicting_rings_are_refused_and_nobody_loses_what_it_has():
     net.run(3)
     for name in (h1, h2):
         assert "seeded by different peers" in net.alloc[name].conflict
+        assert net.alloc[name].status_word().startswith("ready; refusing another peer's ring: IP allocation "
+                                                        "was seeded by different peers")
         assert net.alloc[name].ring.owned_ranges() == [(int(UNIVERSE.network_address),
                                                         int(UNIVERSE.broadcast_address) + 1)]
 
