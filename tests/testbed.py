@@ -9,6 +9,7 @@ our own namespaces are ever signalled.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -246,6 +247,9 @@ class Testbed:
         self._created_lan = False
         self._bound_ns_dir = False
         self.stubs: list[subprocess.Popen] = []
+        # A script that forgets teardown(), or dies of an exception before reaching it, still
+        # removes what it made when the interpreter exits (teardown is safe to call twice).
+        atexit.register(self.teardown)
 
     def __enter__(self):
         return self
@@ -330,6 +334,7 @@ class Testbed:
             self._bound_ns_dir = False
         shutil.rmtree(self.ns_dir, ignore_errors=True)
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        atexit.unregister(self.teardown)
 
 
 def wait_for(predicate, timeout=10.0, interval=0.1):
