@@ -10,13 +10,11 @@ Timed from a client inside the host's namespace (one process, keep-alive-free HT
 CLI speaks it), so what is measured is the daemon, not a CLI start.
 """
 import os
-import subprocess
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from testbed import Testbed  # noqa: E402
+from testbed import Testbed, launch_joining  # noqa: E402
 
 OWNED = int(os.environ.get("BENCH_OWNED", "1000"))
 DONATED = int(os.environ.get("BENCH_DONATED", "60"))
@@ -61,14 +59,7 @@ def show(what, samples, goal):
 def converge(bed):
     many = bed.add_hosts(ROUTERS, dockerd=False)
     try:
-        first = many[0]
-        first.weavepy("launch", *LIGHT)
-        threads = [threading.Thread(target=h.weavepy, args=("launch", *LIGHT, first.ip)) for h in many[1:]]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        last = time.monotonic()
+        last = launch_joining(many, *LIGHT)
         for i, h in enumerate(many):      # a name on every host, and the ring made by the first allocation
             h.weavepy("dns-add", f"10.40.{i // 250}.{i % 250 + 1}", "-h", f"n{i}.weave.local")
         many[0].weavepy("prime")

@@ -85,11 +85,13 @@ class Allocator:
         self.nicknames: dict[str, str] = {peer: nickname}
         self.outbox: list[tuple] = []        # ("broadcast", state) | ("unicast", peer, kind, body)
         self.on_change_hooks: list[Callable[[], None]] = []   # called when something is queued or the ring changed
+        self.on_ring_hooks: list[Callable[[], None]] = []     # called when the ring changed (to persist it)
         self.reachable: Callable[[], set[str]] = set        # the peers we have a route to
         self.conflict: str | None = None
         self._clock = clock
         self._rng = rng or random.Random()
         self._asked: dict[tuple[int, int], float] = {}      # space requests out, and when
+        self._ring_asked_at: float | None = None            # an observer's last request for a ring
         self._denied: set[tuple[int, int]] = set()
 
     # -- the ring -----------------------------------------------------------
@@ -104,9 +106,9 @@ class Allocator:
         if self.seeds:
             self._create_ring(self.seeds)
         elif self.paxos is None:
-            asked = self._asked.get((0, 0))          # an observer's ring request, now and then
+            asked = self._ring_asked_at             # an observer asks for a ring, now and then
             if asked is None or self._clock() - asked >= ASK_AGAIN:
-                self._asked[(0, 0)] = self._clock()
+                self._ring_asked_at = self._clock()
                 self._send(("broadcast", {"nicknames": self.nicknames, "paxos": None, "ring": None}))
         elif not self.paxos.quorum:                  # once: then the election runs by gossip
             self.paxos.quorum = self.quorum
@@ -133,6 +135,8 @@ class Allocator:
         for lo, hi in owned:
             self.space.add(lo, hi)
         self.ring.report_free(self.space.num_free)
+        for hook in list(self.on_ring_hooks):
+            hook()
         self._changed()
 
     def _changed(self):
@@ -179,8 +183,8 @@ class Allocator:
             if self.paxos is not None and self.paxos.update(Paxos.from_list(state["paxos"])):
                 if self.paxos.think():
                     self._send(("broadcast", self.gossip_state()))
-                if self.paxos.consensus() is not None:
-                    self._create_ring(list(self.paxos.consensus()))
+                if (agreed := self.paxos.consensus()) is not None:
+                    self._create_ring(list(agreed))
         elif sender is not None and self.paxos is not None:
             self.establish_ring()                       # an observer asks: stand for election
         return False
@@ -315,12 +319,12 @@ class Allocator:
             raise AllocationError("cannot remove the local peer: use `weavepy reset` to leave")
         if peer in self.reachable():
             raise AllocationError(f"peer {self._who(peer)} is still connected: stop it (or cut it off) first")
-        ranges = self.ring.transfer(peer, self.peer)
-        if ranges:
-            log.info("took over %d addresses from %s", sum(hi - lo for lo, hi in ranges), self._who(peer))
+        taken = sum(hi - lo for lo, hi in self.ring.transfer(peer, self.peer))
+        if taken:
+            log.info("took over %d addresses from %s", taken, self._who(peer))
             self._ring_updated()
             self._send(("broadcast", self.gossip_state()))
-        return sum(hi - lo for lo, hi in ranges)
+        return taken
 
     def leave(self) -> str | None:
         """`reset`: hand all our space to the first reachable peer in ring order, so none is lost."""
@@ -434,7 +438,7 @@ class Allocator:
             return "ready"
         if self.paxos is not None and self.paxos.quorum:
             return f"awaiting consensus (quorum: {self.paxos.quorum}, known: {len(self.paxos.knows)})"
-        if self.paxos is None and self._asked.get((0, 0)) is not None:
+        if self.paxos is None and self._ring_asked_at is not None:
             return "priming"
         return "idle"
 

@@ -180,8 +180,7 @@ class Ring:
         for t in theirs.entries:
             mine = ours.get(t.token)
             if mine is None:
-                owner = self._owner_before(t.token)
-                if owner == self.peer and t.peer != self.peer:
+                if self.owner(t.token) == self.peer and t.peer != self.peer:
                     lo, hi = t.token, self._next_token(t.token)
                     if has_allocations(lo, hi):
                         raise RingError(f"Peer {t.peer} says it owns the IP range from {t.token}, which I think I own")
@@ -193,14 +192,14 @@ class Ring:
                     updated = True
                 elif t.peer == self.peer:
                     merged[t.token] = replace(mine, version=t.version + 1)   # re-assert what is ours
-                elif not has_allocations(*self._span(self.entries.index(mine))):
+                elif not has_allocations(t.token, self._next_token(t.token)):
                     merged[t.token] = replace(t)                           # an empty range: repair
                     updated = True
                 else:
                     raise RingError(f"Received update for IP range I own at {t.token} v{mine.version}: "
                                     f"incoming message says owner {t.peer} v{t.version}")
             elif t.version == mine.version and t.peer != mine.peer:
-                if mine.peer == self.peer and has_allocations(*self._span(self.entries.index(mine))):
+                if mine.peer == self.peer and has_allocations(t.token, self._next_token(t.token)):
                     raise RingError(f"Inconsistent entries for {t.token}: owned by {mine.peer} but incoming "
                                     f"message says {t.peer}")
                 if (t.free, t.peer) > (mine.free, mine.peer):   # Weave: the higher Free; then the name,
@@ -220,10 +219,6 @@ class Ring:
         if not self.seeds:
             self.seeds = list(theirs.seeds)
         return updated
-
-    def _owner_before(self, token: int) -> str | None:
-        """Who owns `token` in our ring now (the entry at or before it, wrapping)."""
-        return self.owner(token)
 
     def _next_token(self, token: int) -> int:
         later = [e.token for e in self.entries if e.token > token]
@@ -254,9 +249,7 @@ class Ring:
         self.entries = [by_token[k] for k in sorted(by_token)]
         for i, e in enumerate(self.entries):                    # free counts fit the new spans
             span_lo, span_hi = self._span(i)
-            if lo <= span_lo < hi:
-                self.entries[i] = replace(e, free=span_hi - span_lo)
-            elif e.free > span_hi - span_lo:
+            if lo <= span_lo < hi or e.free > span_hi - span_lo:   # given away: all free
                 self.entries[i] = replace(e, free=span_hi - span_lo)
         self.check()
 

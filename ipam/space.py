@@ -71,9 +71,17 @@ class Space:
         size, lo = best
         if size > 1 and size * 2 > self.num_free(start, end):
             lo, size = lo + size // 2, size // 2
-        self.keep_only([(self_lo, self_hi) for self_lo, self_hi in _subtract_range(
-            (min(self._starts, default=lo), max(self._ends, default=lo + size)), (lo, lo + size))])
+        self._remove_free(lo, lo + size)
         return lo, lo + size
+
+    def _remove_free(self, lo: int, hi: int) -> None:
+        kept = []
+        for a, b in zip(self._starts, self._ends):
+            if a < lo:
+                kept.append((a, min(b, lo)))
+            if b > hi:
+                kept.append((max(a, hi), b))
+        self._starts, self._ends = [a for a, _ in kept], [b for _, b in kept]
 
     def clear(self):
         self._starts.clear()
@@ -157,10 +165,3 @@ def _subtract(rng: tuple[int, int], points: list[int]):
         lo = p + 1
     if lo < hi:
         yield lo, hi
-
-
-def _subtract_range(whole: tuple[int, int], hole: tuple[int, int]):
-    if whole[0] < hole[0]:
-        yield whole[0], min(whole[1], hole[0])
-    if hole[1] < whole[1]:
-        yield max(whole[0], hole[1]), whole[1]

@@ -8,12 +8,11 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from testbed import wait_for
+from testbed import launch_joining, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -349,14 +348,7 @@ def test_thirty_routers_form_a_full_mesh_within_10s_of_the_last_launch(testbed):
     try:
         poller = subprocess.Popen([sys.executable, POLLER, "29", "60", *(h.netns for h in many)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        first = many[0]
-        first.weavepy("launch", *LIGHT)
-        threads = [threading.Thread(target=h.weavepy, args=("launch", *LIGHT, first.ip)) for h in many[1:]]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        last = time.monotonic()
+        last = launch_joining(many, *LIGHT)
         out, err = poller.communicate("go\n", timeout=120)
         full = {line.split()[0]: float(line.split()[1]) for line in out.splitlines() if " " in line}
         began = full.pop("start") - last  # from the last launch's return to the poller's first look

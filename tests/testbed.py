@@ -10,6 +10,7 @@ our own namespaces are ever signalled.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import os
 import shutil
 import signal
@@ -335,6 +336,17 @@ class Testbed:
         shutil.rmtree(self.ns_dir, ignore_errors=True)
         shutil.rmtree(self.data_dir, ignore_errors=True)
         atexit.unregister(self.teardown)
+
+
+def launch_joining(hosts, *flags) -> float:
+    """Launch the first host's router, then all the others' at once, each given the first's
+    address; the monotonic time the last launch returned.  A failed launch raises."""
+    first = hosts[0]
+    first.weavepy("launch", *flags)
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(hosts) - 1)) as pool:
+        for launched in [pool.submit(h.weavepy, "launch", *flags, first.ip) for h in hosts[1:]]:
+            launched.result()
+    return time.monotonic()
 
 
 def wait_for(predicate, timeout=10.0, interval=0.1):

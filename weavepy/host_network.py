@@ -56,14 +56,14 @@ class HostNetwork:
         self.records: dict[str, dict] = statefile.read_json(records_file, {}) or {}
         self.lock = asyncio.Lock()
         self._background: set[asyncio.Task] = set()
-        # Set whenever the allocator queued a message or its ring changed (a donation came, the
-        # ring was agreed): waiting requests ask again, and the ring is written to disk.
+        # Set whenever the allocator queued a message or its ring changed: waiting requests ask
+        # again.  Only a changed ring (agreed, donated, merged) is written to disk.
         self.allocator_changed = asyncio.Event()
         self._persist_soon = False
-        allocator.on_change_hooks.append(self._allocator_changed)
+        allocator.on_change_hooks.append(self.allocator_changed.set)
+        allocator.on_ring_hooks.append(self._ring_changed)
 
-    def _allocator_changed(self):
-        self.allocator_changed.set()
+    def _ring_changed(self):
         if not self._persist_soon:
             self._persist_soon = True
             asyncio.get_running_loop().call_soon(self._persist_now)
@@ -154,29 +154,32 @@ class HostNetwork:
 
     async def api_ring(self):
         """`weavepy prime`: make the ring now, and wait until there is one."""
-        while True:
-            self.allocator_changed.clear()
+        def ring_made():
             self.allocator.establish_ring()
-            if not self.allocator.ring.empty():
-                return
-            try:
-                await asyncio.wait_for(self.allocator_changed.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                pass
+            if self.allocator.ring.empty():
+                raise Pending("the IP allocation ring is not made yet")
+        await self._until_allocator(ring_made, "prime")
 
     async def _until_answered(self, ident: str, req, is_container: bool):
+        def attempt():
+            if isinstance(req, AllocateIn):
+                return self.allocator.allocate(ident, req.subnet, is_container)
+            self.allocator.claim(ident, req.cidr, is_container)
+            return req.cidr
+        return await self._until_allocator(attempt, ident[:12])
+
+    async def _until_allocator(self, attempt, who: str):
+        """`attempt()` until it stops raising Pending: again whenever the allocator says something
+        changed, and every second.  What it waits for is logged once per reason."""
         said = None
         while True:
             self.allocator_changed.clear()
             try:
-                if isinstance(req, AllocateIn):
-                    return self.allocator.allocate(ident, req.subnet, is_container)
-                self.allocator.claim(ident, req.cidr, is_container)
-                return req.cidr
+                return attempt()
             except Pending as waiting:
                 if str(waiting) != said:
                     said = str(waiting)
-                    log.info("%s for %s", said, ident[:12])
+                    log.info("%s for %s", said, who)
             try:
                 await asyncio.wait_for(self.allocator_changed.wait(), timeout=1.0)
             except asyncio.TimeoutError:
