@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Callable
 
 from weavepy.mesh.gossip import GossipChannel, NoRoute
 from weavepy.mesh.wire import ProtocolError
@@ -73,12 +72,12 @@ def _span(data: bytes) -> tuple[int, int]:
 class IPAMGossiper:
     """The Gossiper of channel "IPallocation" (mesh/gossip.py's protocol) over one Allocator."""
 
-    def __init__(self, allocator: Allocator, on_conflict: Callable[[str], None] = lambda message: None):
+    def __init__(self, allocator: Allocator):
         self.allocator = allocator
         self.channel: GossipChannel | None = None
-        self._on_conflict = on_conflict
 
     def attach(self, channel: GossipChannel) -> None:
+        """From now on, whatever the allocator queues goes out at once (its change hook)."""
         self.channel = channel
         self.allocator.on_change_hooks.append(self.flush)
 
@@ -105,26 +104,20 @@ class IPAMGossiper:
             raise ProtocolError(f"IPAM gossip: {exc}") from None
         except RingConflict as exc:
             log.error("IPAM: %s", exc)
-            self._on_conflict(str(exc))
             raise ProtocolError(f"IPAM: {exc}") from None
-        finally:
-            self.flush()
 
     def on_unicast(self, src: str, data: bytes) -> None:
         if not data:
             raise ProtocolError("empty IPAM unicast")
         kind, body = data[0], data[1:]
-        try:
-            if kind == SPACE_REQUEST:
-                self.allocator.space_requested(src, *_span(body))
-            elif kind == RING_UPDATE:
-                self._receive(src, body)
-            elif kind == SPACE_DENIED:
-                self.allocator.space_denied(*_span(body))
-            else:
-                raise ProtocolError(f"unknown IPAM unicast kind {kind}")
-        finally:
-            self.flush()
+        if kind == SPACE_REQUEST:
+            self.allocator.space_requested(src, *_span(body))
+        elif kind == RING_UPDATE:
+            self._receive(src, body)
+        elif kind == SPACE_DENIED:
+            self.allocator.space_denied(*_span(body))
+        else:
+            raise ProtocolError(f"unknown IPAM unicast kind {kind}")
 
     def on_broadcast(self, src: str, data: bytes) -> State | None:
         self._receive(src, data)
