@@ -58,20 +58,26 @@ def _full_range(subnet: ipaddress.IPv4Network) -> tuple[int, int]:
 
 
 class Allocator:
-    def __init__(self, peer: str, universe: ipaddress.IPv4Network,
+    def __init__(self, peer: str, universe: ipaddress.IPv4Network | None,
                  default_subnet: ipaddress.IPv4Network | None = None, nickname: str = "", *,
                  uid: int = 1, quorum: int = 1, seeds: list[str] | None = None, observer: bool = False,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
-        check_allocatable(universe, f"--ipalloc-range {universe}")
         self.peer = peer
         self.nickname = nickname
         self.universe = universe
-        self.default_subnet = default_subnet or universe
-        if not self.default_subnet.overlaps(universe):
-            raise AddressError(f"IP address allocation default subnet {self.default_subnet} "
-                               f"does not overlap with allocation range {universe}")
-        start = int(universe.network_address)
-        self.ring = Ring(start, start + universe.num_addresses, peer)
+        if universe is None:
+            # `--ipalloc-range ""`: no allocation, no ring (Weave's "IPAM disabled").  Explicit
+            # addresses are still kept track of here, so one host never gives an address twice.
+            self.default_subnet = None
+            self.ring = Ring(0, 1, peer)      # never filled: nothing is in a universe
+        else:
+            check_allocatable(universe, f"--ipalloc-range {universe}")
+            self.default_subnet = default_subnet or universe
+            if not self.default_subnet.overlaps(universe):
+                raise AddressError(f"IP address allocation default subnet {self.default_subnet} "
+                                   f"does not overlap with allocation range {universe}")
+            start = int(universe.network_address)
+            self.ring = Ring(start, start + universe.num_addresses, peer)
         self.space = Space()
         self.owned: dict[str, Owned] = {}
         self.by_addr: dict[int, str] = {}  # every recorded address -> ident
@@ -101,7 +107,7 @@ class Allocator:
         Seeds: at once, the same everywhere.  An observer asks the others for theirs.  An
         elector stands in the election with its quorum; alone (quorum 1) it owns all of it.
         """
-        if not self.ring.empty():
+        if not self.ring.empty() or self.universe is None:
             return
         if self.seeds:
             self._create_ring(self.seeds)
@@ -234,11 +240,14 @@ class Allocator:
         return Pending(f"{what}: the IP allocation ring is not made yet (waiting for {quorum})")
 
     def in_universe(self, addr: int) -> bool:
-        return self.ring.start <= addr < self.ring.end
+        return self.universe is not None and self.ring.start <= addr < self.ring.end
 
     # -- requests -----------------------------------------------------------
     def allocate(self, ident: str, subnet: ipaddress.IPv4Network, is_container: bool) -> ipaddress.IPv4Interface:
         """An address in subnet for ident: the one it already has there, or the lowest free one."""
+        if self.universe is None:
+            raise AllocationError("IP address allocation must be enabled to use 'net:' "
+                                  "(this router was launched with --ipalloc-range \"\")")
         check_allocatable(subnet)
         self.dead.pop(ident, None)
         for cidr in self.addresses_in(ident, subnet):
@@ -424,18 +433,19 @@ class Allocator:
     def active_count(self) -> int:
         return len(self.space.allocated)
 
-    def status_word(self) -> str:
-        """Weave's Status line: idle until needed, then awaiting consensus, then ready; and a
-        peer's ring we refused (two clusters joined), which the user must settle (`reset` one)."""
-        word = self._status_word()
+    def status_word(self, waiting: bool = False) -> str:
+        """Weave's Status line: idle until needed, then awaiting consensus, then ready (or waiting,
+        while requests wait for space); and a peer's ring we refused (two clusters joined), which
+        the user must settle (`reset` one)."""
+        word = self._status_word(waiting)
         return word if self.conflict is None else f"{word}; refusing another peer's ring: {self.conflict}"
 
-    def _status_word(self) -> str:
+    def _status_word(self, waiting: bool) -> str:
         if not self.ring.empty():
             reachable = self.reachable() | {self.peer}
             if not any(e.peer in reachable for e, lo, hi in self.ring.spans() if hi > lo):
                 return "all IP ranges owned by unreachable peers - use 'rmpeer' if they are dead"
-            return "ready"
+            return "waiting for IP(s) to become available" if waiting else "ready"
         if self.paxos is not None and self.paxos.quorum:
             return f"awaiting consensus (quorum: {self.paxos.quorum}, known: {len(self.paxos.knows)})"
         if self.paxos is None and self._ring_asked_at is not None:
@@ -457,6 +467,8 @@ class Allocator:
         if data.get("peer") != self.peer:
             return f"persisted data belongs to peer {data.get('peer')}, not {self.peer}"
         if data.get("range") != str(self.universe):
+            if self.universe is None:
+                return f"persisted data is for IPAM range {data.get('range')}; IP address allocation is now disabled"
             return f"persisted data is for IPAM range {data.get('range')}; our range is {self.universe}"
         if data.get("ring"):
             try:

@@ -124,10 +124,11 @@ class Daemon:
             raise SystemExit(f"weavepy: {exc}") from None
         # the allocator's ring and its election, on every peer
         router = self.router
-        ipam = IPAMGossiper(self.allocator)
-        ipam.attach(router.channel(IPAM_CHANNEL, ipam))
         self.allocator.reachable = lambda: set(router.core.routes.unicast_all)
-        ipam.flush()      # what was queued before the mesh was up (an election begun at restore)
+        if self.allocator.universe is not None:   # without IPAM, the mesh only relays others' (a surrogate)
+            ipam = IPAMGossiper(self.allocator)
+            ipam.attach(router.channel(IPAM_CHANNEL, ipam))
+            ipam.flush()      # what was queued before the mesh was up (an election begun at restore)
         if self.dns_records is not None:   # every peer's names, on every peer
             records = self.dns_records
             channel = router.channel(DNS_CHANNEL, DNSGossiper(records, known_peer=lambda p: p in router.core.peers))
@@ -209,7 +210,8 @@ class Daemon:
                 router["OverlayDiagnostics"]["fastdp"] = {"error": self.fastdp_error}
         return status.build_report(self.config, self.peer, self.allocator, self.dns_records, self.dns_address,
                                    self.dns_server.upstream.current() if self.dns_server else [],
-                                   self.proxy.addresses if self.proxy else None, router)
+                                   self.proxy.addresses if self.proxy else None, router,
+                                   self.network.pending() if self.network else None)
 
     async def watch_docker(self):
         """Follow container events; after any break, catch up with what was missed."""

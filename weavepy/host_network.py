@@ -60,6 +60,9 @@ class HostNetwork:
         # again.  Only a changed ring (agreed, donated, merged) is written to disk.
         self.allocator_changed = asyncio.Event()
         self._persist_soon = False
+        self._waiting: dict[str, list] = {}            # ident -> its requests waiting on the cluster
+        self._stopped_while_waiting: set[str] = set()  # containers that died while their requests waited
+        self.reclaiming: set[str] = set()    # idents whose addresses in use here are being claimed again
         allocator.on_change_hooks.append(self.allocator_changed.set)
         allocator.on_ring_hooks.append(self._ring_changed)
 
@@ -158,19 +161,38 @@ class HostNetwork:
             self.allocator.establish_ring()
             if self.allocator.ring.empty():
                 raise Pending("the IP allocation ring is not made yet")
-        await self._until_allocator(ring_made, "prime")
+        await self._until_allocator(ring_made, "prime", holding_lock=False)
 
     async def _until_answered(self, ident: str, req, is_container: bool):
         def attempt():
+            if is_container and ident in self._stopped_while_waiting:
+                # Weave cancels a container's waiting requests when it dies: no address for the dead
+                raise AllocationError(f"container {ident[:12]} stopped while waiting for an address")
             if isinstance(req, AllocateIn):
                 return self.allocator.allocate(ident, req.subnet, is_container)
             self.allocator.claim(ident, req.cidr, is_container)
             return req.cidr
-        return await self._until_allocator(attempt, ident[:12])
+        self._waiting.setdefault(ident, []).append(req)
+        try:
+            return await self._until_allocator(attempt, ident[:12])
+        finally:
+            self._waiting[ident].remove(req)
+            if not self._waiting[ident]:
+                del self._waiting[ident]
+                self._stopped_while_waiting.discard(ident)
 
-    async def _until_allocator(self, attempt, who: str):
+    def pending(self) -> dict[str, list]:
+        """The requests now waiting on the cluster, by ident (for status and /report)."""
+        return {ident: list(reqs) for ident, reqs in self._waiting.items()}
+
+    async def _until_allocator(self, attempt, who: str, holding_lock: bool = True):
         """`attempt()` until it stops raising Pending: again whenever the allocator says something
-        changed, and every second.  What it waits for is logged once per reason."""
+        changed, and every second.  What it waits for is logged once per reason.
+
+        While it waits, the host lock is let go: a claim waiting for an unreachable owner must not
+        hold up allocations elsewhere, detaches or Docker's events (Weave's 320).  Each attempt runs
+        without an await, so the allocator still sees one request at a time.
+        """
         said = None
         while True:
             self.allocator_changed.clear()
@@ -180,10 +202,28 @@ class HostNetwork:
                 if str(waiting) != said:
                     said = str(waiting)
                     log.info("%s for %s", said, who)
+            if holding_lock:
+                self.lock.release()
             try:
                 await asyncio.wait_for(self.allocator_changed.wait(), timeout=1.0)
             except asyncio.TimeoutError:
                 pass
+            finally:
+                if holding_lock:
+                    await self._lock_again()
+
+    async def _lock_again(self):
+        """Take the host lock back even if we are cancelled meanwhile (a client that went away):
+        the caller's `async with` releases it on the way out, so it must be ours by then."""
+        taking = asyncio.ensure_future(self.lock.acquire())
+        cancelled = False
+        while not taking.done():
+            try:
+                await asyncio.shield(taking)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError()
 
     def _release(self, ident: str, cidrs):
         for cidr in cidrs:
@@ -421,10 +461,54 @@ class HostNetwork:
                 masq = self.records.get(EXPOSE_IDENT, {}).get("masquerade", {})
                 for c in exposed:
                     await asyncio.to_thread(self._plumb_expose, [c], masq.get(str(c), True))
+        await self._claim_again(running)
         for cid in running:
             if self.allocator.addresses(cid):
                 await self._reattach(cid)
         return running
+
+    async def _claim_again(self, running: set[str]):
+        """Addresses in use here that the allocator does not know (its data was wiped or lost) are
+        claimed again, before anything new is given out, so they are not handed to someone else
+        (Weave's pre-claims, prog/weaver/reclaim.go): the bridge's, and running containers' ethwe.
+        A claim that must wait for the ring or the address's owner waits in the background."""
+        found = []
+        on_bridge = [c for c in await asyncio.to_thread(bridge.addresses)
+                     if c not in self.allocator.addresses(EXPOSE_IDENT)]
+        if on_bridge:
+            found.append((EXPOSE_IDENT, on_bridge, False))
+        for cid in running:
+            if self.allocator.addresses(cid) or cid in self.reclaiming:
+                continue
+            info = await self._info_if_running(cid)
+            try:
+                iface = info and await asyncio.to_thread(veth.inspect, info["State"]["Pid"])
+            except Exception as exc:   # it went meanwhile
+                log.debug("looking at %s: %s", cid[:12], exc)
+                continue
+            if iface and iface.cidrs:
+                found.append((cid, iface.cidrs, True))
+        for ident, cidrs, is_container in found:
+            self.reclaiming.add(ident)
+            task = asyncio.create_task(self._reclaim(ident, cidrs, is_container))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _reclaim(self, ident: str, cidrs, is_container: bool):
+        try:
+            async with self.lock:
+                for cidr in cidrs:
+                    try:
+                        await self._until_answered(ident, Claim(cidr), is_container)
+                    except (AllocationError, AddressError) as exc:
+                        log.error("%s is in use by %s on this host, but could not be claimed for it: %s",
+                                  cidr, ident[:12], exc)
+                        continue
+                    log.info("claimed %s for %s again: it is in use here but was missing from the IPAM data",
+                             cidr, ident[:12])
+                self.persist()
+        finally:
+            self.reclaiming.discard(ident)
 
     async def _reattach(self, cid: str):
         """Give a (re)started container back its addresses, as it was attached before.
@@ -473,7 +557,10 @@ class HostNetwork:
         if action == "start":
             self.allocator.container_started(cid)
             await self._reattach(cid)
-        elif action == "die":
+        elif action in ("die", "destroy") and cid in self._waiting:
+            self._stopped_while_waiting.add(cid)
+            self.allocator_changed.set()
+        if action == "die":
             self.allocator.container_died(cid, time.monotonic())
             self._unregister(cid)
         elif action == "destroy":

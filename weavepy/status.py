@@ -28,31 +28,36 @@ def standalone_router(config, peer: str) -> dict:
     }
 
 
-def build_report(config, peer: str, allocator, dns=None, dns_address=None, upstream=(),
-                 proxy_addresses=None, router: dict | None = None) -> dict:
-    """The whole report; the router (mesh/driver.py) renders its own section."""
+def ipam_report(config, peer: str, allocator, pending: dict[str, list]) -> dict:
+    """Weave's IPAM section; `pending` is what waits on the cluster, ident -> its requests."""
     nick = config.effective_nickname
-    ring = allocator.ring
-    sizes = ring.peer_sizes()
     entries = []
-    for e, lo, hi in ring.spans():
+    for e, lo, hi in allocator.ring.spans():
         entries.append({"Token": _ip(lo), "Size": hi - lo, "Peer": e.peer, "Nickname": nick if e.peer == peer else "",
                         "IsKnownPeer": e.peer == peer, "Version": e.version})
+    return {
+        "Status": allocator.status_word(waiting=bool(pending)),
+        "Range": str(allocator.universe),
+        "RangeNumIPs": allocator.universe.num_addresses,
+        "ActiveIPs": allocator.active_count(),
+        "DefaultSubnet": str(allocator.default_subnet),
+        "Entries": entries,
+        "PeerSizes": allocator.ring.peer_sizes(),
+        "PendingClaims": [{"Ident": ident, "CIDR": str(r.cidr)}
+                          for ident, reqs in pending.items() for r in reqs if hasattr(r, "cidr")],
+        "PendingAllocates": [f"{ident} {r.subnet}"
+                             for ident, reqs in pending.items() for r in reqs if hasattr(r, "subnet")],
+    }
+
+
+def build_report(config, peer: str, allocator, dns=None, dns_address=None, upstream=(),
+                 proxy_addresses=None, router: dict | None = None, pending: dict | None = None) -> dict:
+    """The whole report; the router (mesh/driver.py) renders its own section."""
     return {
         "Ready": True,
         "Version": __version__,
         "Router": router if router is not None else standalone_router(config, peer),
-        "IPAM": {
-            "Status": allocator.status_word(),
-            "Range": str(allocator.universe),
-            "RangeNumIPs": allocator.universe.num_addresses,
-            "ActiveIPs": allocator.active_count(),
-            "DefaultSubnet": str(allocator.default_subnet),
-            "Entries": entries,
-            "PeerSizes": sizes,
-            "PendingClaims": [],
-            "PendingAllocates": [],
-        },
+        "IPAM": None if allocator.universe is None else ipam_report(config, peer, allocator, pending or {}),
         "Proxy": None if proxy_addresses is None else {"Addresses": list(proxy_addresses)},
         "DNS": None if dns is None else {
             "Domain": dns.domain,
@@ -87,12 +92,15 @@ def status_text(report: dict) -> str:
         ("Peers", _peer_summary(r["Peers"])),
         ("TrustedSubnets", ", ".join(r.get("TrustedSubnets", [])) or "none"),
     ]) + [""]
-    lines += _block([
-        ("Service", "ipam"),
-        ("Status", ipam["Status"]),
-        ("Range", ipam["Range"]),
-        ("DefaultSubnet", ipam["DefaultSubnet"]),
-    ])
+    if ipam is not None:              # None: launched with --ipalloc-range ""
+        lines += _block([
+            ("Service", "ipam"),
+            ("Status", ipam["Status"]),
+            ("Range", ipam["Range"]),
+            ("DefaultSubnet", ipam["DefaultSubnet"]),
+        ])
+    else:
+        lines.pop()                   # no blank line before a section that is not there
     proxy = report.get("Proxy")
     if proxy is not None:
         lines += [""] + _block([("Service", "proxy"), ("Address", ", ".join(proxy["Addresses"]))])
@@ -163,6 +171,8 @@ def peers_text(report: dict) -> str:
 def ipam_text(report: dict) -> str:
     """One line per peer owning ring space, ours first (empty while the ring is empty)."""
     ipam, me = report["IPAM"], report["Router"]["Name"]
+    if ipam is None:
+        return ""
     total = ipam["RangeNumIPs"]
     nick = {p["Name"]: p["NickName"] for p in report["Router"]["Peers"]}
     sizes = ipam["PeerSizes"]
