@@ -304,7 +304,8 @@ class DockerProxy:
     async def attach_running(self, running: set[str]):
         """After (re)connecting to dockerd: attach proxied containers that started while we were away."""
         for cid in running:
-            if cid not in self.pending_starts and not self.network.allocator.addresses(cid):
+            if (cid not in self.pending_starts and cid not in self.network.reclaiming
+                    and not self.network.allocator.addresses(cid)):
                 await self.container_started(cid)
 
     # -- exec, inspect, changes, commit ----------------------------------------------

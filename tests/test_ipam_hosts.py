@@ -226,3 +226,98 @@ def test_partitions_while_all_allocate_then_rmpeer_of_a_killed_router(clean_host
     finally:
         heal(*trio)
         h3.weavepy("reset", "--force", check=False)
+
+
+def test_allocation_through_a_peer_without_ipam(clean_hosts, third_host):
+    """Weave's 120 (discovery_3): H1 - H2 - H3 in a line, H2 launched with --ipalloc-range "". The ring
+    and the space requests cross H2, which relays them without an allocator of its own."""
+    h1, h2 = clean_hosts
+    h3 = third_host
+    h3.weavepy("reset", "--force", check=False)
+    try:
+        h1.weavepy("launch", "--no-discovery")
+        h2.weavepy("launch", "--no-discovery", "--ipalloc-range=", h1.ip)
+        h3.weavepy("launch", "--no-discovery", h2.ip)
+        assert wait_for(lambda: status_line(h2, "Connections") == "2 (2 established)", timeout=20)
+        assert "Service: ipam" not in h2.weavepy("status").stdout
+        assert h2.weavepy("status", "ipam").stdout == ""
+        assert api(h2, "POST", "/ip/x")[0] == 404
+        refused = h2.weavepy("run", "-dt", "busybox", "sh", check=False)
+        assert refused.returncode == 1 and "IP address allocation must be enabled" in refused.stderr, refused.stderr
+        assert h2.docker("ps", "-aq") == ""                  # and no container left behind
+        prime = h2.weavepy("prime", check=False)
+        assert prime.returncode == 1 and "allocation is off" in prime.stderr
+        h2.weavepy("run", "10.2.1.5/24", "-dt", "--name", "explicit", "busybox", "sh", timeout=60)
+        assert h2.ethwe("explicit") == ["10.2.1.5/24"]       # explicit addresses need no IPAM
+
+        # H1 has no peers (quorum 1): it makes the ring at once, for the electors it has heard of,
+        # H3 among them; H3 learns the ring through H2
+        code, first = api(h1, "POST", "/ip/first")
+        assert code == 200 and ipaddress.IPv4Interface(first) in ipaddress.IPv4Network("10.32.0.0/12")
+        start = time.monotonic()
+        code, far = api(h3, "POST", "/ip/far")
+        assert code == 200 and far != first and time.monotonic() - start < 10, (code, far)
+        # an address in H1's space, claimed on H3: the request and the donation cross H2 too
+        wanted = ipaddress.IPv4Interface(first).ip + 5
+        assert api(h3, "PUT", f"/ip/claimed/{wanted}/12")[0] == 204
+        assert time.monotonic() - start < 10
+        assert owned(h3)["claimed"] == [f"{wanted}/12"] and "claimed" not in owned(h1)
+        lines = h3.weavepy("status", "ipam").stdout.splitlines()
+        assert len(lines) == 2 and not any("unreachable" in line for line in lines), lines
+        assert_no_address_twice([h1, h3])
+    finally:
+        h3.weavepy("reset", "--force", check=False)
+
+
+def wipe_ipam_data(*hosts):
+    """As Weave's tests delete the weavedb volume: the ring and the allocations, not the peer name."""
+    for h in hosts:
+        h.run("rm -f /var/lib/weavepy/ipam.json")
+
+
+PROXY = {"DOCKER_HOST": "unix:///run/weavepy/weave.sock"}
+
+
+def test_claims_after_persistence_is_wiped(clean_hosts):
+    """Weave's 320: addresses in use are claimed again when the IPAM data is gone, and a claim whose
+    owner is away waits while allocation outside the range goes on."""
+    h1, h2 = clean_hosts
+    universe = "--ipalloc-range=10.2.0.0/16"
+    c1 = "10.2.128.1"
+    h1.weavepy("launch", universe, h2.ip)
+    h2.weavepy("launch", universe, h1.ip)
+    h1.weavepy("run", f"{c1}/12", "-dt", "--name", "c1", "busybox", "sh", timeout=60)
+    h2.weavepy("run", "-dt", "--name", "c2", "busybox", "sh", timeout=60)
+    assert wait_for(lambda: h2.ping("c2", c1), timeout=10)
+    for h in (h1, h2):
+        h.weavepy("stop")
+    wipe_ipam_data(h1, h2)
+
+    # the other way round: now c1's address must be claimed again, from whichever peer owns it
+    h2.weavepy("launch", universe)
+    h1.weavepy("launch", universe, h2.ip)
+    assert wait_for(lambda: any(f"{c1}/12" in a for a in owned(h1).values()), timeout=20), owned(h1)
+    h2.weavepy("run", "-dt", "--name", "c3", "busybox", "sh", timeout=60)
+    c3 = h2.weavepy("ps", "c3").stdout.split()[2].split("/")[0]
+    assert c3 != c1
+    assert wait_for(lambda: h1.ping("c1", c3), timeout=10)
+    assert_no_address_twice([h1, h2])
+
+    # H1 with no IPAM data and its only peer away cannot make the ring: a claim inside the range
+    # waits (it never guesses), while one outside the range goes through at once
+    h2.weavepy("prime")                                   # H2 now holds the ring, persisted
+    for h in (h1, h2):
+        h.weavepy("stop")
+    wipe_ipam_data(h1)
+    h1.weavepy("launch", universe, h2.ip)
+    c4 = h1.popen(["docker", "run", "-d", "--name", "c4", "-e", "WEAVE_CIDR=10.2.128.4/12", "busybox", "sleep", "1d"],
+                  env=h1.env(PROXY), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(5)
+    assert c4.poll() is None, c4.communicate()
+    outside = h1.run(["docker", "run", "-d", "--name", "c5", "-e", "WEAVE_CIDR=10.3.0.1/12", "busybox", "sleep", "1d"],
+                     env=PROXY, timeout=20)
+    assert h1.ethwe("c5") == ["10.3.0.1/12"], outside.stderr
+    assert c4.poll() is None
+    h2.weavepy("launch", universe, h1.ip)
+    c4.communicate(timeout=30)
+    assert c4.returncode == 0 and h1.ethwe("c4") == ["10.2.128.4/12"]

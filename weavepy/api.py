@@ -16,6 +16,7 @@ from weavepy.ipam.request import AddressError, parse_cidr, parse_subnet
 def build_app(daemon) -> web.Application:
     net = daemon.network
     routes = web.RouteTableDef()
+    ipam_routes = web.RouteTableDef()   # Weave's allocation API, only while IP allocation is on
 
     def text(body: str, code: int = 200) -> web.Response:
         return web.Response(text=body, status=code)
@@ -169,7 +170,7 @@ def build_app(daemon) -> web.Application:
             raise web.HTTPNotFound(text="the proxy is not running\n")
         return text("".join(f"{a}\n" for a in daemon.proxy.addresses))
 
-    @routes.delete("/peer/{name}")
+    @ipam_routes.delete("/peer/{name}")
     async def remove_peer(request):
         """Weave's rmpeer: a dead peer's IP space becomes ours."""
         name = request.match_info["name"]
@@ -195,25 +196,25 @@ def build_app(daemon) -> web.Application:
         except AddressError as exc:
             raise UserError(str(exc), 400) from None
 
-    @routes.post("/ip/{id}")
+    @ipam_routes.post("/ip/{id}")
     async def ip_allocate(request):
         return text(str(await net.api_allocate(request.match_info["id"])))
 
-    @routes.post("/ip/{id}/{net}/{prefixlen}")
+    @ipam_routes.post("/ip/{id}/{net}/{prefixlen}")
     async def ip_allocate_in(request):
         return text(str(await net.api_allocate(request.match_info["id"], subnet_of(request))))
 
-    @routes.get("/ip/{id}")
+    @ipam_routes.get("/ip/{id}")
     async def ip_get(request):
         subnet = daemon.allocator.default_subnet
         return text(" ".join(str(c) for c in daemon.allocator.addresses_in(request.match_info["id"], subnet)))
 
-    @routes.get("/ip/{id}/{net}/{prefixlen}")
+    @ipam_routes.get("/ip/{id}/{net}/{prefixlen}")
     async def ip_get_in(request):
         return text(" ".join(str(c) for c in daemon.allocator.addresses_in(request.match_info["id"],
                                                                           subnet_of(request))))
 
-    @routes.put("/ip/{id}/{ip}/{prefixlen}")
+    @ipam_routes.put("/ip/{id}/{ip}/{prefixlen}")
     async def ip_claim(request):
         try:
             cidr = parse_cidr(f"{request.match_info['ip']}/{request.match_info['prefixlen']}")
@@ -222,26 +223,26 @@ def build_app(daemon) -> web.Application:
         await net.api_claim(request.match_info["id"], cidr)
         return web.Response(status=204)
 
-    @routes.delete("/ip/{id}/{ip}")
+    @ipam_routes.delete("/ip/{id}/{ip}")
     async def ip_free(request):
         await net.api_free(request.match_info["id"], request.match_info["ip"])
         return web.Response(status=204)
 
-    @routes.delete("/ip/{id}")
+    @ipam_routes.delete("/ip/{id}")
     async def ip_free_all(request):
         await net.api_free(request.match_info["id"], None)
         return web.Response(status=204)
 
-    @routes.get("/ring")
+    @ipam_routes.get("/ring")
     async def ring(request):
         await net.api_ring()
         return text("")
 
-    @routes.get("/ipinfo/defaultsubnet")
+    @ipam_routes.get("/ipinfo/defaultsubnet")
     async def default_subnet(request):
         return text(str(daemon.allocator.default_subnet))
 
-    @routes.get("/ip")
+    @ipam_routes.get("/ip")
     async def owned(request):
         owned = [{"containerid": ident, "addrs": [str(c) for c in o.cidrs]}
                  for ident, o in daemon.allocator.owned.items()]
@@ -249,4 +250,6 @@ def build_app(daemon) -> web.Application:
 
     app = web.Application(middlewares=[user_errors])
     app.add_routes(routes)
+    if daemon.allocator.universe is not None:   # with --ipalloc-range "" these are 404, as Weave's
+        app.add_routes(ipam_routes)
     return app

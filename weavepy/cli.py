@@ -295,9 +295,19 @@ def cmd_forget(args):
     client.post("/forget", {"peers": peers})
 
 
+def ipam_request(method: str, path: str, timeout: float = 120.0) -> str:
+    """A call to the allocation API, which a router without IP allocation does not serve."""
+    try:
+        return client.request(method, path, timeout=timeout)
+    except client.ClientError as exc:
+        if str(exc).startswith("404"):
+            raise CLIError('IP address allocation is off on this router (launched with --ipalloc-range "")') from None
+        raise
+
+
 def cmd_prime(args):
     split_args(args, set(), set())
-    client.request("GET", "/ring", timeout=3600)
+    ipam_request("GET", "/ring", timeout=3600)
 
 
 def cmd_rmpeer(args):
@@ -305,7 +315,7 @@ def cmd_rmpeer(args):
     if not peers:
         raise CLIError("rmpeer: no peer given\n" + HELP["rmpeer"])
     for peer in peers:
-        print(client.request("DELETE", f"/peer/{peer}"), end="")
+        print(ipam_request("DELETE", f"/peer/{peer}"), end="")
 
 
 def cmd_stop(args):

@@ -69,8 +69,12 @@ class LaunchConfig:
         from weavepy.ipam.request import AddressError, check_allocatable, parse_subnet
         from weavepy.mesh import peer_name
         try:
-            universe = parse_subnet(self.ipalloc_range, "--ipalloc-range")
-            check_allocatable(universe, f"--ipalloc-range {universe}")
+            if self.ipalloc_range:         # "" turns IP address allocation off, as in Weave
+                universe = parse_subnet(self.ipalloc_range, "--ipalloc-range")
+                check_allocatable(universe, f"--ipalloc-range {universe}")
+            elif self.ipalloc_default_subnet:
+                raise ConfigError("--ipalloc-default-subnet needs IP address allocation, which "
+                                  "--ipalloc-range \"\" turns off")
             if self.ipalloc_default_subnet:
                 default = parse_subnet(self.ipalloc_default_subnet, "--ipalloc-default-subnet")
                 check_allocatable(default, f"--ipalloc-default-subnet {default}")
@@ -142,11 +146,14 @@ class LaunchConfig:
         return self
 
     @property
-    def universe(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(self.ipalloc_range)
+    def universe(self) -> ipaddress.IPv4Network | None:
+        """The allocation range; None when IP address allocation is off (`--ipalloc-range ""`)."""
+        return ipaddress.IPv4Network(self.ipalloc_range) if self.ipalloc_range else None
 
     @property
-    def default_subnet(self) -> ipaddress.IPv4Network:
+    def default_subnet(self) -> ipaddress.IPv4Network | None:
+        if not self.ipalloc_range:
+            return None
         return ipaddress.IPv4Network(self.ipalloc_default_subnet or self.ipalloc_range)
 
     @property
