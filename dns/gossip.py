@@ -6,15 +6,18 @@ neighbours every gossip interval and to each new neighbour, so a peer that
 missed a broadcast (lost, partitioned, restarted) catches up.  Receivers merge
 and pass on only what was new to them (weaveworks/weave nameserver/gossip.go).
 
-The payload is JSON, `{"v": 1, "e": [[container, origin, addr, hostname,
-version, tombstone], ...]}`, every field checked before anything is merged: a
-peer's bad message is refused whole with ProtocolError, which the mesh counts
-and drops.
+The payload is JSON, `{"v": 1, "t": sent_at, "e": [[container, origin, addr,
+hostname, version, tombstone], ...]}`, every field checked before anything is
+merged: a peer's bad message is refused whole with ProtocolError, which the mesh
+counts and drops.  So is a message from a peer whose clock is more than 15
+minutes off ours (Weave's gossip.go): versions and tombstones are times, and a
+skewed peer's would win every merge or expire at once.
 """
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import re
 import time
 from typing import Callable, Iterable
@@ -23,10 +26,12 @@ from weavepy.mesh.wire import ProtocolError
 
 from .records import Entry, Key, Records, merge_sets, newer
 
+log = logging.getLogger(__name__)
 CHANNEL = "DNS"          # Weave's channel name
 FORMAT = 1
 MESSAGE_ENTRIES = 5000   # per message: about 0.5 MB of JSON, well under the mesh's frame limit
 MAX_ENTRIES = 100_000    # per message we accept
+MAX_CLOCK_SKEW = 900     # seconds; Weave's nameserver refuses gossip skewed by more than 15 minutes
 _PEER_NAME = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _U63 = (1 << 63) - 1
 
@@ -34,20 +39,22 @@ _U63 = (1 << 63) - 1
 class Entries:
     """GossipData: a set of entries; merging keeps the newer copy of each (merge_sets)."""
 
-    def __init__(self, entries: dict[Key, Entry]):
+    def __init__(self, entries: dict[Key, Entry], clock: Callable[[], float] = time.time):
         self.entries = entries
+        self._clock = clock      # stamps each message as it is sent
 
     @classmethod
-    def of(cls, entries: Iterable[Entry]) -> "Entries":
-        return cls(_fold(entries))
+    def of(cls, entries: Iterable[Entry], clock: Callable[[], float] = time.time) -> "Entries":
+        return cls(_fold(entries), clock)
 
     def merge(self, other: "Entries") -> "Entries":
-        return Entries(merge_sets(self.entries, other.entries))
+        return Entries(merge_sets(self.entries, other.entries), self._clock)
 
     def encode(self) -> list[bytes]:
         rows = [[e.container, e.origin, e.addr, e.hostname, e.version, e.tombstone]
                 for _, e in sorted(self.entries.items())]
-        return [json.dumps({"v": FORMAT, "e": rows[i:i + MESSAGE_ENTRIES]}, separators=(",", ":")).encode()
+        now = int(self._clock())
+        return [json.dumps({"v": FORMAT, "t": now, "e": rows[i:i + MESSAGE_ENTRIES]}, separators=(",", ":")).encode()
                 for i in range(0, len(rows), MESSAGE_ENTRIES)]
 
 
@@ -59,16 +66,23 @@ def _fold(entries: Iterable[Entry]) -> dict[Key, Entry]:
 
 
 def decode(data: bytes) -> list[Entry]:
-    """Parse and check one message; raises ProtocolError, and nothing else, on any bad input."""
+    """Parse and check one message's entries; raises ProtocolError, and nothing else, on any bad input."""
+    return decode_message(data)[1]
+
+
+def decode_message(data: bytes) -> tuple[int, list[Entry]]:
+    """(when the sender sent it, by its clock; the entries)."""
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError):
         raise ProtocolError("DNS gossip is not JSON") from None
     if not isinstance(doc, dict) or doc.get("v") != FORMAT or not isinstance(doc.get("e"), list):
         raise ProtocolError("DNS gossip: not a format-1 entry list")
+    if type(doc.get("t")) is not int or not 0 <= doc["t"] <= _U63:
+        raise ProtocolError("DNS gossip: no send time")
     if len(doc["e"]) > MAX_ENTRIES:
         raise ProtocolError(f"DNS gossip with more than {MAX_ENTRIES} entries")
-    return [_entry(row) for row in doc["e"]]
+    return doc["t"], [_entry(row) for row in doc["e"]]
 
 
 def _entry(row) -> Entry:
@@ -103,6 +117,7 @@ class DNSGossiper:
         # peer left and its entries went with it; a third peer's stale copy must not bring them
         # back for good.
         self._known_peer = known_peer
+        self._skew_said = float("-inf")
 
     def on_unicast(self, src: str, data: bytes) -> None:
         pass   # nobody unicasts DNS
@@ -111,9 +126,21 @@ class DNSGossiper:
         return self.on_gossip(data)
 
     def gossip(self) -> Entries | None:
-        return Entries(dict(self.records.entries)) if self.records.entries else None
+        return Entries(dict(self.records.entries), self._clock) if self.records.entries else None
+
+    def wrap(self, entries: Iterable[Entry]) -> Entries:
+        """Our own changes, to broadcast (Records.on_local_change)."""
+        return Entries.of(entries, self._clock)
 
     def on_gossip(self, data: bytes) -> Entries | None:
-        entries = [e for e in decode(data) if e.origin == self.records.peer or self._known_peer(e.origin)]
-        news = self.records.merge(entries, int(self._clock()))
-        return Entries.of(news) if news else None
+        sent_at, entries = decode_message(data)
+        now = self._clock()
+        if abs(now - sent_at) > MAX_CLOCK_SKEW:
+            if now - self._skew_said >= MAX_CLOCK_SKEW:     # said once in a while, not per message
+                self._skew_said = now
+                log.error("DNS: refusing gossip from a peer whose clock is %+d s off ours (over %d s): "
+                          "synchronise the hosts' clocks (NTP)", sent_at - now, MAX_CLOCK_SKEW)
+            raise ProtocolError(f"DNS gossip: clock skew of {int(sent_at - now)} s")
+        entries = [e for e in entries if e.origin == self.records.peer or self._known_peer(e.origin)]
+        news = self.records.merge(entries, int(now))
+        return Entries.of(news, self._clock) if news else None

@@ -108,7 +108,7 @@ def test_entries_of_a_peer_the_topology_no_longer_knows_are_not_taken_back():
     known = {P2}
     gossiper = DNSGossiper(r, clock=lambda: 0, known_peer=known.__contains__)
     message = Entries.of([Entry("c2", P2, "10.32.0.2", "a.weave.local."),
-                          Entry("c3", P3, "10.32.0.3", "a.weave.local.")]).encode()[0]
+                          Entry("c3", P3, "10.32.0.3", "a.weave.local.")], clock=lambda: 0).encode()[0]
     gossiper.on_gossip(message)
     assert r.lookup("a.weave.local") == ["10.32.0.2"]
 
@@ -129,7 +129,7 @@ def test_a_departed_peer_takes_its_names_and_old_tombstones_expire():
 # -- the wire format ---------------------------------------------------------------------------------
 
 GOOD = Entries.of([Entry("c1", P2, "10.32.0.1", "a.weave.local.", 3, 0),
-                   Entry("c2", P2, "10.32.0.2", "b.weave.local.", 4, 77)])
+                   Entry("c2", P2, "10.32.0.2", "b.weave.local.", 4, 77)], clock=lambda: 1000)
 
 
 def test_entries_travel_intact_and_big_sets_are_split():
@@ -156,14 +156,35 @@ def test_entries_travel_intact_and_big_sets_are_split():
 def test_a_malformed_entry_refuses_the_whole_message(row):
     good = ["c2", P2, "10.32.0.2", "b.weave.local.", 1, 0]
     with pytest.raises(ProtocolError):
-        decode(json.dumps({"v": 1, "e": [good, row]}).encode())
+        decode(json.dumps({"v": 1, "t": 1000, "e": [good, row]}).encode())
+    assert len(decode(json.dumps({"v": 1, "t": 1000, "e": [good, good]}).encode())) == 2   # the rest is fine
+
+
+@pytest.mark.parametrize("t", [None, "1000", -1, 1.5, True])
+def test_a_message_without_a_proper_send_time_is_refused(t):
+    with pytest.raises(ProtocolError, match="send time"):
+        decode(json.dumps({"v": 1, "t": t, "e": []}).encode())
+
+
+def test_gossip_from_a_peer_whose_clock_is_over_15_minutes_off_is_refused_and_said(caplog):
+    r = records()
+    gossiper = DNSGossiper(r, clock=lambda: 1000 + 901)
+    [message] = GOOD.encode()                                  # sent at 1000 by the peer's clock
+    for _ in range(3):
+        with pytest.raises(ProtocolError, match="clock skew of -901 s"):
+            gossiper.on_gossip(message)
+    assert r.entries == {}
+    said = [rec for rec in caplog.records if "clock is -901 s off ours" in rec.getMessage()]
+    assert len(said) == 1                                      # once, not per message
+    assert DNSGossiper(r, clock=lambda: 1000 - 900).on_gossip(message) is not None   # 15 min: still fine
+    assert r.lookup("a.weave.local") == ["10.32.0.1"]
 
 
 def test_random_truncated_and_corrupted_messages_raise_only_protocol_errors():
     rng = random.Random(11)
     [good] = GOOD.encode()
     r, refused = records(), 0
-    gossiper = DNSGossiper(r, clock=lambda: 0)
+    gossiper = DNSGossiper(r, clock=lambda: 1000)
     for i in range(20_000):
         how = i % 3
         if how == 0:
@@ -195,9 +216,9 @@ class DNSNet(SimNet):
     def add_peer(self, name, *args, **kwargs):
         core = super().add_peer(name, *args, **kwargs)
         r = self.dns[name] = Records(name, "weave.local.")
-        channel = core.channel(CHANNEL, DNSGossiper(r, clock=lambda: self.now,
-                                                    known_peer=lambda peer: peer in core.peers))
-        r.on_local_change = lambda entries: channel.broadcast(Entries.of(entries))
+        gossiper = DNSGossiper(r, clock=lambda: self.now, known_peer=lambda peer: peer in core.peers)
+        channel = core.channel(CHANNEL, gossiper)
+        r.on_local_change = lambda entries: channel.broadcast(gossiper.wrap(entries))
         for container, addr, host in sorted(self.running.get(name, ())):   # re-registered at start
             r.add(container, addr, host)
         return core

@@ -59,7 +59,7 @@ Start this host's router daemon and wait until it answers (prints the peer name)
   --host <ip>                     the address the peer port listens on (default: all)
   --name <mac>                    peer name (default: derived from /etc/machine-id)
   --nickname <name>               nickname shown in status (default: hostname)
-  --ipalloc-range <cidr>          the range IPAM allocates from (default 10.32.0.0/12)
+  --ipalloc-range <cidr>          the range IPAM allocates from (default 10.32.0.0/12; "" turns it off)
   --ipalloc-default-subnet <cidr> subnet for net:default (default: the range)
   --ipalloc-init <mode>           consensus[=N] | seed=<peer>,... | observer
   --mtu <mtu>                     MTU of the weave bridge and interfaces (default 1376, or $WEAVE_MTU)

@@ -21,7 +21,7 @@ from weavepy.launch_config import LaunchConfig
 from weavepy import statefile
 from weavepy.api import build_app
 from weavepy.proxy.server import DockerProxy, find_weavewait, install_weavewait
-from weavepy.dns.gossip import CHANNEL as DNS_CHANNEL, DNSGossiper, Entries
+from weavepy.dns.gossip import CHANNEL as DNS_CHANNEL, DNSGossiper
 from weavepy.dns.records import Records
 from weavepy.ipam.gossip import CHANNEL as IPAM_CHANNEL, IPAMGossiper
 from weavepy.dns.responder import Responder
@@ -131,8 +131,9 @@ class Daemon:
             ipam.flush()      # what was queued before the mesh was up (an election begun at restore)
         if self.dns_records is not None:   # every peer's names, on every peer
             records = self.dns_records
-            channel = router.channel(DNS_CHANNEL, DNSGossiper(records, known_peer=lambda p: p in router.core.peers))
-            records.on_local_change = lambda entries: channel.broadcast(Entries.of(entries))
+            gossiper = DNSGossiper(records, known_peer=lambda p: p in router.core.peers)
+            channel = router.channel(DNS_CHANNEL, gossiper)
+            records.on_local_change = lambda entries: channel.broadcast(gossiper.wrap(entries))
             self.router.peer_gone_listeners.append(records.peer_gone)
         targets = initial_targets(c)
         try:
