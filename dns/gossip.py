@@ -141,6 +141,9 @@ class DNSGossiper:
                 log.error("DNS: refusing gossip from a peer whose clock is %+d s off ours (over %d s): "
                           "synchronise the hosts' clocks (NTP)", sent_at - now, MAX_CLOCK_SKEW)
             raise ProtocolError(f"DNS gossip: clock skew of {int(sent_at - now)} s")
-        entries = [e for e in entries if e.origin == self.records.peer or self._known_peer(e.origin)]
-        news = self.records.merge(entries, int(now))
+        known = [e for e in entries if e.origin == self.records.peer or self._known_peer(e.origin)]
+        if len(known) < len(entries):
+            log.debug("DNS gossip: dropped %d entries of peers the topology does not know",
+                      len(entries) - len(known))
+        news = self.records.merge(known, int(now))
         return Entries.of(news, self._clock) if news else None

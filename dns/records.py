@@ -140,11 +140,15 @@ class Records:
         batch: dict[Key, Entry] = {}
         for e in incoming:
             batch[e.key] = newer(batch[e.key], e) if e.key in batch else e
-        changed, ours = [], []
+        changed, ours, resend = [], [], []
         for key, e in batch.items():
             mine = self.entries.get(key)
             if e.origin == self.peer:
-                if mine is None or e.version >= mine.version:
+                if mine is not None and e.version < mine.version and e.live != mine.live:
+                    # the sender holds an old copy of ours (it missed our broadcast while cut off):
+                    # say ours again now rather than leave it stale until the next full gossip
+                    resend.append(mine)
+                elif mine is None or e.version >= mine.version:
                     if mine is not None and mine.live:
                         ours.append(replace(mine, version=e.version + 1))
                     elif e.live:
@@ -155,6 +159,8 @@ class Records:
                 changed.append(e)
         self._apply(changed)
         self._local(ours)
+        if resend and self.on_local_change is not None:
+            self.on_local_change(resend)
         return changed
 
     def peer_gone(self, peer: str) -> list[Entry]:

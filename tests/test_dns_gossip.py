@@ -92,6 +92,21 @@ def test_a_restarted_peer_reasserts_the_names_it_still_has_and_retracts_the_rest
     assert r.merge([old_c1]) == [] and sent == []
 
 
+def test_a_peer_still_holding_a_name_we_retracted_is_told_again_at_once():
+    # Weave's 215 with a third peer: it was cut off when we retracted c2, and now gossips its old copy
+    r, sent = records(), []
+    r.on_local_change = sent.extend
+    old_c2 = Entry("c2", US, "10.32.0.2", "b.weave.local.", version=1)
+    r.merge([old_c2], now=1000)
+    [retracted] = sent
+    sent.clear()
+    assert r.merge([old_c2], now=1001) == [] and sent == [retracted]      # ours again, unchanged
+    stale = records(P2)
+    stale.merge([old_c2])
+    stale.merge(sent)
+    assert stale.lookup("b.weave.local") == []
+
+
 def test_local_changes_are_announced_and_merges_are_not():
     r, sent = records(), []
     r.on_local_change = sent.extend

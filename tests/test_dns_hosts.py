@@ -95,3 +95,34 @@ def test_five_rounds_of_one_name_moving_between_three_hosts_each_lookup_right(cl
     finally:
         third_host.remove_all_containers()
         third_host.weavepy("reset", "--force", check=False)
+
+
+def test_a_name_gone_while_gossip_was_stalled_is_retracted_by_its_restarted_origin(clean_hosts, third_host):
+    """Weave's 215: H3 hears nothing from H2 while H1's router stops and c1 goes; H1 comes back
+    connected to H3 alone, and H3's stale c1 must go (the origin retracts what it no longer holds)."""
+    h1, h2 = clean_hosts
+    h3 = third_host
+    h3.remove_all_containers()
+    h3.weavepy("reset", "--force", check=False)
+    try:
+        h1.weavepy("launch", "--no-discovery")
+        h2.weavepy("launch", "--no-discovery", h1.ip)
+        h3.weavepy("launch", "--no-discovery", h2.ip)
+        run_named(h1, "c1", "10.2.1.61/24")
+        assert within(10, lambda: lookup(h3, "c1") == ["10.2.1.61"]) is not None
+        h3.run(f"iptables -A INPUT -s {h2.ip} -j DROP")       # gossip from H2 stalls
+        h1.weavepy("stop")
+        h1.docker("rm", "-f", "c1")
+        h1.weavepy("launch", "--no-discovery", h3.ip)
+        h3.run(f"iptables -D INPUT -s {h2.ip} -j DROP")
+        assert within(5, lambda: lookup(h3, "c1") == []) is not None
+        # H2 kept c1 too (H1 was back before H2 gave it up). It reconnects to H1, which it already
+        # reaches through H3, so neither sends its whole state down (mesh's sendAllGossipDown is
+        # for new and restarted neighbours) and the retraction reaches H2 by broadcast through H3,
+        # whose link from H2 was just cut, or by the next full gossip: within one interval (30 s).
+        assert within(35, lambda: lookup(h2, "c1") == []) is not None
+        time.sleep(1)
+        assert lookup(h3, "c1") == [] and lookup(h2, "c1") == [] and lookup(h1, "c1") == []
+    finally:
+        h3.run("iptables -F INPUT", check=False)
+        h3.weavepy("reset", "--force", check=False)
