@@ -154,7 +154,7 @@ class Allocator:
         self._changed()
 
     def has_allocations(self, lo: int, hi: int) -> bool:
-        return any(lo <= a < hi for a in self.space.allocated)
+        return self.space.any_allocated(lo, hi)
 
     # -- messages from other peers (ipam/gossip.py decodes them) -------------
     def gossip_state(self) -> dict:

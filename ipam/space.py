@@ -18,11 +18,12 @@ class Space:
         self._starts: list[int] = []   # interval starts, sorted
         self._ends: list[int] = []     # matching exclusive ends
         self.allocated: set[int] = set()
+        self._allocated_in_order: list[int] = []   # the same, sorted: "any allocated in a range" is a bisect
 
     # -- ownership ----------------------------------------------------------
     def add(self, start: int, end: int):
         """Take ownership of [start, end): every address in it that is not allocated becomes free."""
-        for lo, hi in _subtract((start, end), sorted(a for a in self.allocated if start <= a < end)):
+        for lo, hi in _subtract((start, end), self._allocated_between(start, end)):
             self._insert_free(lo, hi)
 
     def owned_ranges(self) -> list[tuple[int, int]]:
@@ -87,11 +88,21 @@ class Space:
         self._starts.clear()
         self._ends.clear()
         self.allocated.clear()
+        self._allocated_in_order.clear()
 
     # -- queries ----------------------------------------------------------
     def is_free(self, addr: int) -> bool:
         i = bisect.bisect_right(self._starts, addr) - 1
         return i >= 0 and addr < self._ends[i]
+
+    def _allocated_between(self, start: int, end: int) -> list[int]:
+        order = self._allocated_in_order
+        return order[bisect.bisect_left(order, start):bisect.bisect_left(order, end)]
+
+    def any_allocated(self, start: int, end: int) -> bool:
+        """Whether an address in [start, end) is handed out (the ring's merge asks it of every entry)."""
+        i = bisect.bisect_left(self._allocated_in_order, start)
+        return i < len(self._allocated_in_order) and self._allocated_in_order[i] < end
 
     def is_owned(self, addr: int) -> bool:
         return addr in self.allocated or self.is_free(addr)
@@ -135,11 +146,13 @@ class Space:
             self._starts.insert(i, lo)
             self._ends.insert(i, addr)
         self.allocated.add(addr)
+        bisect.insort(self._allocated_in_order, addr)
 
     def free(self, addr: int):
         if addr not in self.allocated:
             raise SpaceError(f"address {addr} is not allocated")
         self.allocated.discard(addr)
+        del self._allocated_in_order[bisect.bisect_left(self._allocated_in_order, addr)]
         self._insert_free(addr, addr + 1)
 
     def _insert_free(self, lo: int, hi: int):

@@ -1,3 +1,4 @@
+from hypothesis import given, strategies as st
 from weavepy.ipam.space import Space, SpaceError
 
 import pytest
@@ -38,3 +39,16 @@ def test_add_keeps_allocations():
     s.claim(3)
     s.add(0, 20)
     assert not s.is_free(3) and s.num_free() == 19
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 63)), max_size=60),
+       st.integers(0, 64), st.integers(0, 64))
+def test_any_allocated_agrees_with_the_addresses_handed_out(ops, lo, hi):
+    s = Space()
+    s.add(0, 64)
+    for take, addr in ops:
+        if take and s.is_free(addr):
+            s.claim(addr)
+        elif not take and addr in s.allocated:
+            s.free(addr)
+    assert s.any_allocated(lo, hi) == any(lo <= a < hi for a in s.allocated)
