@@ -9,9 +9,10 @@ and pass on only what was new to them (weaveworks/weave nameserver/gossip.go).
 The payload is JSON, `{"v": 1, "t": sent_at, "e": [[container, origin, addr,
 hostname, version, tombstone], ...]}`, every field checked before anything is
 merged: a peer's bad message is refused whole with ProtocolError, which the mesh
-counts and drops.  So is a message from a peer whose clock is more than 15
-minutes off ours (Weave's gossip.go): versions and tombstones are times, and a
-skewed peer's would win every merge or expire at once.
+counts and drops.  A message from a peer whose clock is more than 15 minutes off
+ours closes the connection it came on (PeerRefused; Weave's gossip.go): versions
+and tombstones are times, and a skewed peer's would win every merge or expire at
+once.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import re
 import time
 from typing import Callable, Iterable
 
+from weavepy.mesh.gossip import PeerRefused
 from weavepy.mesh.wire import ProtocolError
 
 from .records import Entry, Key, Records, merge_sets, newer
@@ -140,7 +142,7 @@ class DNSGossiper:
                 self._skew_said = now
                 log.error("DNS: refusing gossip from a peer whose clock is %+d s off ours (over %d s): "
                           "synchronise the hosts' clocks (NTP)", sent_at - now, MAX_CLOCK_SKEW)
-            raise ProtocolError(f"DNS gossip: clock skew of {int(sent_at - now)} s")
+            raise PeerRefused(f"DNS gossip: clock skew of {int(sent_at - now)} s exceeds {MAX_CLOCK_SKEW} s")
         known = [e for e in entries if e.origin == self.records.peer or self._known_peer(e.origin)]
         if len(known) < len(entries):
             log.debug("DNS gossip: dropped %d entries of peers the topology does not know",

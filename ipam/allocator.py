@@ -121,6 +121,14 @@ class Allocator:
             self.paxos.propose()
             self._after_paxos()
 
+    def tick(self):
+        """Every 5 s (Weave's tickInterval): an election still running is proposed again, in a new
+        round, so peers that missed it (connected later by a path that carried no full gossip, or
+        lost the broadcast) hear it now rather than at the next periodic gossip (Weave's 340)."""
+        if self.ring.empty() and self.paxos is not None and self.paxos.quorum:
+            self.paxos.propose()
+            self._after_paxos()
+
     def _after_paxos(self):
         value = self.paxos.consensus() if self.paxos is not None else None
         if value is not None:
@@ -166,12 +174,15 @@ class Allocator:
     def receive(self, sender: str | None, state: dict) -> bool:
         """Another peer's state (`sender` None: periodic gossip).  Whether our ring changed.
         Raises RingConflict for a ring that cannot be ours, changing nothing."""
+        try:
+            theirs = Ring.from_dict(state["ring"], self.peer) if state["ring"] is not None else None
+        except RingError as exc:                 # not a ring at all: a malformed message, taken in no part
+            raise ValueError(f"malformed ring: {exc}") from None
         for name, nick in state["nicknames"].items():
             if name != self.peer:
                 self.nicknames[name] = nick
-        if state["ring"] is not None:
+        if theirs is not None:
             try:
-                theirs = Ring.from_dict(state["ring"], self.peer)
                 was_empty = self.ring.empty()
                 updated = self.ring.merge(theirs, self.has_allocations)
             except RingError as exc:

@@ -7,14 +7,16 @@ to one peer, 2 a space request refused.  The body is JSON, checked before
 anything is merged (the ring by Ring.check, the election by Paxos.from_list):
 a peer's bad message is refused whole with ProtocolError, which the mesh counts
 and drops.  A ring that cannot be merged (another range or other seeds) is a
-RingConflict: logged, shown in `status ipam`, and the message dropped.
+RingConflict: logged, shown in `status`, and the connection it came on closed
+(PeerRefused), as Weave drops it: two clusters with one address space must not
+share a network.
 """
 from __future__ import annotations
 
 import json
 import logging
 
-from weavepy.mesh.gossip import GossipChannel, NoRoute
+from weavepy.mesh.gossip import GossipChannel, NoRoute, PeerRefused
 from weavepy.mesh.wire import ProtocolError
 
 from .allocator import RING_UPDATE, SPACE_DENIED, SPACE_REQUEST, Allocator, RingConflict
@@ -104,7 +106,7 @@ class IPAMGossiper:
             raise ProtocolError(f"IPAM gossip: {exc}") from None
         except RingConflict as exc:
             log.error("IPAM: %s", exc)
-            raise ProtocolError(f"IPAM: {exc}") from None
+            raise PeerRefused(f"IPAM: {exc}") from None
 
     def on_unicast(self, src: str, data: bytes) -> None:
         if not data:

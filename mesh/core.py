@@ -76,7 +76,7 @@ from typing import Callable, Hashable
 from . import wire
 from .actions import Close, PeerGone, Send, TopologyChanged
 from .clash import Clash, CloneWatch, clash_message, decode_report, encode_report, is_clash, who
-from .gossip import GOSSIP_INTERVAL, Gossiper, GossipChannel, GossipRouter
+from .gossip import GOSSIP_INTERVAL, Gossiper, GossipChannel, GossipRouter, PeerRefused
 from .routes import Routes
 from .topology import PeerInfo, Topology, TopologyUpdate, decode_peers, valid_address
 
@@ -372,6 +372,10 @@ class MeshCore:
                 self.stats["unknown_tag"] += 1
         except wire.ProtocolError:
             self.stats["malformed"] += 1
+        except PeerRefused as exc:
+            self.stats["refused"] += 1
+            if conn_id in self._connections:
+                self._close(conn_id, str(exc))
 
     def _merge_topology(self, update: list[PeerInfo]) -> TopologyUpdate | None:
         merged = self.topology.apply_update(update)

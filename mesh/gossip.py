@@ -47,6 +47,13 @@ SURROGATE_SEEN = 1024     # distinct gossip payloads a surrogate remembers for i
 SURROGATE_PENDING = 64    # relayed messages one surrogate slot holds while its connection is paused
 
 
+class PeerRefused(Exception):
+    """A service will not take this neighbour's state, for a reason that lasts (another cluster's
+    IP ring, a clock far off): the connection the message came on is closed, as Weave's mesh
+    closes a connection whose message a gossiper returned an error for.  It is dialled again
+    with backoff, so the refusal is said again until the user settles it."""
+
+
 class GossipData(Protocol):
     def encode(self) -> list[bytes]:
         """One message per element."""
@@ -56,7 +63,8 @@ class GossipData(Protocol):
 
 
 class Gossiper(Protocol):
-    """What a service implements.  Malformed `data` must raise wire.ProtocolError (dropped and counted)."""
+    """What a service implements.  Malformed `data` must raise wire.ProtocolError (dropped and
+    counted); state it refuses for good, PeerRefused (the connection goes)."""
 
     def on_unicast(self, src: str, data: bytes) -> None:
         ...

@@ -9,7 +9,7 @@ from weavepy.mesh import wire
 from weavepy.mesh.clash import CLONE_SPAN, CloneWatch, decode_report, encode_report
 from weavepy.mesh.core import (PROBE_TIMEOUT, Clash, Close, MeshCore, PeerGone, RemotePeer, Send, TopologyChanged,
                                is_clash)
-from weavepy.mesh.gossip import encode_broadcast, encode_gossip, encode_unicast
+from weavepy.mesh.gossip import PeerRefused, encode_broadcast, encode_gossip, encode_unicast
 from weavepy.mesh.topology import encode_peers
 
 
@@ -437,3 +437,28 @@ def test_a_malformed_topology_update_is_counted_and_the_table_untouched():
     b.receive("nobody", wire.GOSSIP, b"", 1.0)
     assert b.stats["unknown_tag"] == 1 and b.stats["unknown_connection"] == 1
     assert TopologyChanged() not in b.drain()
+
+
+class Refusing:
+    """A service that will not take this neighbour's state (another cluster's ring, a skewed clock)."""
+
+    def on_unicast(self, src, data):
+        pass
+
+    def on_broadcast(self, src, data):
+        return self.on_gossip(data)
+
+    def gossip(self):
+        return None
+
+    def on_gossip(self, data):
+        raise PeerRefused("IPAM: IP allocation was seeded by different peers")
+
+
+def test_a_service_refusing_a_neighbours_state_closes_that_connection_and_only_that():
+    a, idb, b = _connected_pair()
+    b.channel("IPallocation", Refusing())
+    b.receive(idb, wire.GOSSIP, encode_gossip("IPallocation", b"{}"), 1.0)
+    actions = b.drain()
+    assert Close(idb, "IPAM: IP allocation was seeded by different peers") in actions
+    assert idb not in b.connections and b.stats["refused"] == 1 and b.stats["malformed"] == 0

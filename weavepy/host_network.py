@@ -573,6 +573,7 @@ class HostNetwork:
                     log.info("container %s destroyed; freed %s", cid[:12], " ".join(map(str, freed)))
 
     async def tick(self):
+        self.allocator.tick()
         async with self.lock:
             expired = self.allocator.remove_dead(time.monotonic())
             for ident, freed in expired.items():

@@ -179,8 +179,12 @@ class LaunchConfig:
             n = int(arg) if arg else targets + 1
             return n // 2 + 1, [], False
         if mode == "seed":
-            seeds = [name.strip().lower() for name in arg.split(",") if name.strip()]
-            if not seeds or not all(re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", name) for name in seeds):
+            from weavepy.mesh import peer_name
+            try:     # the names as --name takes them: ::1 is 00:00:00:00:00:01 (Weave's 380)
+                seeds = [peer_name.parse(name) for name in arg.split(",") if name.strip()]
+            except peer_name.PeerNameError as exc:
+                raise ConfigError(f"{bad}: {exc}") from None
+            if not seeds:
                 raise ConfigError(f"{bad}: seed= needs a comma-separated list of peer names (MACs)")
             return 1, seeds, False
         if mode == "observer" and not arg:
