@@ -13,6 +13,7 @@ done
 if [ -n "$tests" ]; then
     command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
     command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)  # the Dockerfile's offline base
+    command -v ethtool >/dev/null 2>&1 || need_pkgs+=(ethtool)          # reads a tap's offloads (test_tap)
 fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 # The package build compiles weavewait, the proxy's static helper, from proxy/weavewait.c (setup.py).
