@@ -13,12 +13,15 @@ mesh/routes.go).  Two variants of every table:
 
 `peers` is any mapping name -> entry with a `.connections` mapping
 remote name -> summary with `.established`; mesh/topology.py's PeerInfo.
+
+`DataRoutes` is the data-plane half frozen for the sleeve's threads (issue 12).
 """
 from __future__ import annotations
 
 import math
 import random
 from collections import Counter
+from types import MappingProxyType
 from typing import Iterator, Mapping
 
 
@@ -44,6 +47,11 @@ def bfs(peers: Mapping, start: str, symmetric: bool, stop_at: str | None = None)
     With `stop_at`, widening stops when that peer is dequeued; the bool says
     whether it was, and the table then holds what was reached by that moment.
     """
+    return _widen(lambda name, reached: _linked(peers, name, symmetric, reached), start, stop_at)
+
+
+def _widen(linked, start: str, stop_at: str | None) -> tuple[bool, dict[str, str]]:
+    """bfs over `linked(name, reached)`: the neighbours of `name` not in `reached`."""
     routes: dict[str, str] = {start: ""}
     layer = [start]
     while layer:
@@ -52,7 +60,7 @@ def bfs(peers: Mapping, start: str, symmetric: bool, stop_at: str | None = None)
         for current in layer:
             if current == stop_at:
                 return True, routes
-            for remote in _linked(peers, current, symmetric, routes):
+            for remote in linked(current, routes):
                 next_layer.append(remote)
                 routes[remote] = remote if current == start else routes[current]
         layer = next_layer
@@ -105,6 +113,10 @@ class Routes:
         self.broadcast(self.ourself)
         return {src: hops for (src, symmetric), hops in sorted(self._broadcast.items()) if symmetric}
 
+    def data_plane(self) -> DataRoutes:
+        """This snapshot's data-plane tables, frozen for readers on other threads."""
+        return DataRoutes(self._peers, self.ourself, self.unicast)
+
     def random_neighbours(self, rng: random.Random, exclude: str | None = None) -> list[str]:
         """min(2*log2 N, neighbours) distinct neighbours, each weighted by how many peers it routes to.
 
@@ -119,3 +131,56 @@ class Routes:
             chosen.append(pick)
             candidates.remove(pick)
         return chosen
+
+
+class DataRoutes:
+    """The data-plane tables of one peer over a frozen copy of the symmetric adjacency.
+
+    Built on the event loop (an O(E) copy, so later topology changes never show
+    through) and handed to the sleeve's threads whole.  Nothing in it changes
+    after construction except caches of values that are a pure function of the
+    copy: two threads racing on an entry compute and store the same tuple.
+
+    - `unicast`: {peer: next hop}, as Routes.unicast;
+    - `broadcast(src)`: the neighbours we pass a broadcast from `src` on to, as Routes.broadcast;
+    - `onward(src, via)`: broadcast(src) as `via` computes it -- via's neighbours the
+      widening from `src` has not reached when `via` is dequeued.  Hence
+      broadcast(src) == onward(src, ourself), and onward(me, hop) says whether a
+      neighbour that got a copy from us must pass it on.
+    """
+
+    def __init__(self, peers: Mapping, ourself: str, unicast: Mapping[str, str] | None = None):
+        self.ourself = ourself
+        self.peers = frozenset(peers)
+        self._adjacent = {name: tuple(sorted(_linked(peers, name, True, ()))) for name in peers}
+        self._unicast = None if unicast is None else MappingProxyType(dict(unicast))
+        self._onward: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def _widen(self, start: str, stop_at: str | None = None) -> tuple[bool, dict[str, str]]:
+        adjacent = self._adjacent
+        return _widen(lambda name, reached: (r for r in adjacent[name] if r not in reached), start, stop_at)
+
+    @property
+    def unicast(self) -> Mapping[str, str]:
+        if self._unicast is None:
+            table = self._widen(self.ourself)[1] if self.ourself in self._adjacent else {self.ourself: ""}
+            del table[self.ourself]
+            self._unicast = MappingProxyType(table)
+        return self._unicast
+
+    def neighbours(self, name: str) -> tuple[str, ...]:
+        return self._adjacent.get(name, ())
+
+    def broadcast(self, src: str) -> tuple[str, ...]:
+        return self.onward(src, self.ourself)
+
+    def onward(self, src: str, via: str) -> tuple[str, ...]:
+        hops = self._onward.get((src, via))
+        if hops is None:
+            hops = ()
+            if src in self._adjacent and via in self._adjacent:
+                found, reached = self._widen(src, stop_at=via)
+                if found:
+                    hops = tuple(r for r in self._adjacent[via] if r not in reached)
+            self._onward[(src, via)] = hops
+        return hops
