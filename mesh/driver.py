@@ -267,6 +267,10 @@ class MeshRouter:
                     log.exception("handling the departure of %s", action.name)
         elif isinstance(action, TopologyChanged):
             self._refresh_wanted = True
+            for overlay in self.overlays.values():     # the sleeve forwards along the routes
+                hook = getattr(overlay, "routes_changed", None)
+                if hook is not None:
+                    hook(self.core.routes)
 
     def _refresh(self) -> None:
         ours = [Link(c.remote.name, c.target if c.outbound else c.remote_addr, c.outbound) for c in self._live()]

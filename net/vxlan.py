@@ -97,6 +97,9 @@ def ensure_device(name: str, vni: int, udp_port: int, mtu: int, bridge: str) -> 
             index = link_index(ipr, name)
         try:
             ipr.link("set", index=index, mtu=mtu, master=bridge_index)
+            # Isolated, as the sleeve's tap is: the bridge never moves a frame from one data path
+            # to the other by itself, so none is carried twice (net/tap.py).
+            ipr.brport("set", index=index, IFLA_BRPORT_ISOLATED=1)
             ipr.link("set", index=index, state="up")
         except NetlinkError as exc:
             if created:
@@ -147,3 +150,14 @@ def remove_vtep(name: str, dst: str) -> int:
                 if exc.code != errno.ENOENT:  # aged out meanwhile
                     raise
     return removed
+
+
+def delete_device(name: str) -> bool:
+    """Remove a fast-path device left by an earlier run (the router now runs without fastdp: its
+    flood entries would carry every broadcast a second time, beside the sleeve).  Whether it was there."""
+    with IPRoute() as ipr:
+        index = link_index(ipr, name)
+        if index is None:
+            return False
+        ipr.link("del", index=index)
+        return True

@@ -67,6 +67,7 @@ Start this host's router daemon and wait until it answers (prints the peer name)
   --password <pass>               encrypt traffic between peers (or $WEAVE_PASSWORD)
   --trusted-subnets <cidr>,...    peers on these subnets may skip encryption
   --no-discovery                  do not connect to peers learnt from other peers
+  --no-fastdp                     carry container traffic in the sleeve only (or $WEAVE_NO_FASTDP)
   --conn-limit <n>                maximum number of peer connections (default 200)
   --http-addr <host:port>         status and control API (default 127.0.0.1:6784)
   --no-restart                    do not restart the daemon when it dies
@@ -183,7 +184,7 @@ def check_addrs(tokens: list[str]):
 
 LAUNCH_FLAGS = {"--no-restart", "--foreground", "--no-discovery", "--resume", "--no-dns", "--no-proxy",
                 "--no-default-ipalloc", "--no-rewrite-hosts", "--without-dns", "--no-multicast-route",
-                "--rewrite-inspect", "--tls", "--tlsverify"}
+                "--rewrite-inspect", "--tls", "--tlsverify", "--no-fastdp"}
 LAUNCH_VALUED = {"--name", "--nickname", "--ipalloc-range", "--ipalloc-default-subnet", "--ipalloc-init",
                  "--mtu", "--port", "--host", "--password", "--trusted-subnets", "--conn-limit", "--http-addr",
                  "--log-level", "--docker-host", "--dns-domain", "--dns-ttl", "--dns-listen-address",
@@ -217,6 +218,7 @@ def launch_config(args: list[str]):
         password=last("--password", os.environ.get("WEAVE_PASSWORD") or None),
         trusted_subnets=[s for v in o.get("--trusted-subnets", []) for s in v.split(",") if s],
         discovery="--no-discovery" not in o,
+        fastdp="--no-fastdp" not in o and not os.environ.get("WEAVE_NO_FASTDP"),
         conn_limit=integer("--conn-limit", 200),
         http_addr=last("--http-addr", cfg.DEFAULT_HTTP_ADDR),
         restart="--no-restart" not in o,

@@ -33,8 +33,9 @@ from weavepy.ipam.allocator import Allocator
 from weavepy.mesh import peer_name
 from weavepy.mesh.driver import ListenError, MeshRouter
 from weavepy.mesh.overlay import NullOverlay
-from weavepy.net import bridge, iptables
+from weavepy.net import bridge, iptables, vxlan
 from weavepy.net.fastdp import FastDP, FastDPUnavailable
+from weavepy.net.sleeve import Sleeve, SleeveUnavailable
 from weavepy import __version__, status
 
 log = logging.getLogger("weavepy")
@@ -101,19 +102,36 @@ class Daemon:
         self.router: MeshRouter | None = None
         self.fastdp: FastDP | None = None
         self.fastdp_error: str | None = None
+        self.sleeve: Sleeve | None = None
         self.tasks: list[asyncio.Task] = []
 
     async def start_router(self):
-        """The mesh: peers over TCP (--port), the kernel fast path on UDP port+1."""
+        """The mesh: peers over TCP (--port), the kernel fast path on UDP port+1, the sleeve on
+        UDP port.  Each connection takes the first overlay both ends have, fastdp first."""
         c = self.config
         overlays = []
-        self.fastdp = FastDP(self.peer, port=c.port, mtu=c.mtu)
+        if c.fastdp:
+            self.fastdp = FastDP(self.peer, port=c.port, mtu=c.mtu)
+            try:
+                await self.fastdp.start()
+                overlays.append(self.fastdp)
+            except FastDPUnavailable as exc:
+                self.fastdp, self.fastdp_error = None, str(exc)
+                log.warning("%s; the sleeve carries container traffic", exc)
+        else:
+            self.fastdp_error = "turned off (--no-fastdp or WEAVE_NO_FASTDP)"
+            if await asyncio.to_thread(vxlan.delete_device, vxlan.device_name(c.port + 1)):
+                log.info("removed the fast path's device left by an earlier run")
+        self.sleeve = Sleeve(self.peer, port=c.port, mtu=c.mtu, host=c.host,
+                             beside_fastdp=self.fastdp is not None)
         try:
-            await self.fastdp.start()
-            overlays.append(self.fastdp)
-        except FastDPUnavailable as exc:
-            self.fastdp, self.fastdp_error = None, str(exc)
-            log.warning("%s; peer connections will carry no container traffic", exc)
+            await self.sleeve.start()
+            overlays.append(self.sleeve)
+        except SleeveUnavailable as exc:
+            self.sleeve = None
+            log.warning("sleeve unavailable: %s", exc)
+        if not overlays:
+            log.warning("no data path: peer connections will carry no container traffic")
             overlays.append(NullOverlay())
         self.router = MeshRouter(self.peer, c.effective_nickname, uid=self.uid, port=c.port, host=c.host,
                                  conn_limit=c.conn_limit, discovery=c.discovery, overlays=overlays,

@@ -39,6 +39,7 @@ class LaunchConfig:
     password: str | None = None
     trusted_subnets: list[str] = field(default_factory=list)
     discovery: bool = True
+    fastdp: bool = True          # False: --no-fastdp or WEAVE_NO_FASTDP, the sleeve only
     conn_limit: int = 200
     http_addr: str = DEFAULT_HTTP_ADDR
     restart: bool = True
