@@ -181,6 +181,11 @@ class FastDP:
         self._queue(self._vteps.established(conn.uid, conn.remote_name, conn.params.remote_ip, self._loop.time()))
         self._ops.put_nowait(then)
 
+    def _withdrawn(self, conn: "FastDPConnection", then) -> None:
+        """Take the peer's kernel state away, then call `then` (the sleeve carries it now)."""
+        self._queue(self._vteps.withdrawn(conn.uid))
+        self._ops.put_nowait(then)
+
     def _released(self, conn: "FastDPConnection") -> None:
         if self._conns.get(conn.uid) is conn:
             del self._conns[conn.uid]
@@ -274,6 +279,16 @@ class FastDPConnection:
             return
         self._halt()
         self.overlay._released(self)
+
+    def set_carrying(self, carrying: bool, then) -> None:
+        """For the overlay switch: give the kernel this peer's traffic (flood entry installed, then
+        `then`), or take it away (its VTEP removed, then `then`)."""
+        if self._stopped:
+            return
+        if carrying:
+            self.overlay._established(self, then)
+        else:
+            self.overlay._withdrawn(self, then)
 
     def attrs(self) -> dict:
         out = {"name": "fastdp", "mtu": self.overlay.mtu, "vxlan": self.remote,

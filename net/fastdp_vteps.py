@@ -65,6 +65,18 @@ class VtepTable:
             out.append(AddFlood(ip))
         return out
 
+    def withdrawn(self, conn: Hashable) -> list:
+        """The connection's traffic moved to the sleeve (fastdp failing): its VTEP goes at once,
+        flood entry and learnt MACs, unless another connection still uses it; no linger, or the
+        kernel would keep taking frames to a path that does not carry them."""
+        out = []
+        for ip, rec in list(self._vteps.items()):
+            if conn in rec.claims:
+                rec.claims.discard(conn)
+                if not rec.claims:
+                    out.append(self._remove(ip))
+        return out
+
     def released(self, conn: Hashable, now: float) -> None:
         """A connection ended: its VTEP lingers once no other connection claims it."""
         for rec in self._vteps.values():

@@ -30,6 +30,8 @@ import logging
 import os
 import select
 import socket
+import struct
+import sys
 import threading
 import time
 from collections import Counter
@@ -52,6 +54,10 @@ IP_MTU = getattr(socket, "IP_MTU", 14)
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 RELAYED_ID = 1 << 31           # frame ids this peer relays carry it; those it sends from its tap do not
+SOL_UDP = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT, UDP_GRO = 103, 104   # linux/udp.h
+GSO_SEGMENTS = 64                 # UDP_MAX_SEGMENTS on older kernels (128 since 5.x)
+GSO_BYTES = 65507 - 1000          # one GSO send is one UDP datagram before it is cut: keep under 64 KiB
 SEND_WAIT = 0.01               # seconds a sender waits for room in a full send queue before dropping
 DRAIN = 64                     # datagrams or frames handled per wakeup before polling again
 SOCKET_BUFFER = 4 << 20        # bytes: a burst of super-frames must not overflow the receive queue
@@ -88,6 +94,8 @@ class Sleeve:
         self._threads: list[threading.Thread] = []
         self._closing = False
         self._relayed = 0
+        self._gso = True                  # until the kernel refuses UDP_SEGMENT
+        self._tasks: set[asyncio.Task] = set()
         self._traffic: Counter = Counter()           # the threads' (frames, datagrams, drops)
 
     # -- life cycle ---------------------------------------------------------------------------------
@@ -107,6 +115,10 @@ class Sleeve:
                 sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
             sock.bind((self.host, self.port))
             sock.setblocking(False)        # the loop sends heartbeats on it too: it must never block
+            try:
+                sock.setsockopt(SOL_UDP, UDP_GRO, 1)   # receive chunks of one sender coalesced
+            except OSError:
+                log.info("sleeve: no UDP GRO on this kernel")
         except OSError as exc:
             sock.close()
             self._close_fds()
@@ -175,7 +187,9 @@ class Sleeve:
             return
         carrying = [c for c in self._conns.values() if c.carrying]
         hops = {c.remote_name: Hop(c.addr, c.dgram_max) for c in carrying}
-        ours = {c.remote_name for c in self._conns.values()}
+        # A neighbour's frames are ours to carry when its sleeve link is the active one; with fastdp
+        # beside us, the kernel carries the rest (a standby sleeve link still carries relays).
+        ours = {c.remote_name for c in self._conns.values() if c.active}
         active = {peer: SLEEVE if peer in ours else FASTDP if self.beside_fastdp else None
                   for peer in self._routes.neighbours(self.local_name)}
         self.state = ForwardingState.build(self._routes, active, hops,
@@ -185,6 +199,19 @@ class Sleeve:
         if self._conns.get(conn.uid) is conn:
             del self._conns[conn.uid]
         self._rebuild()
+
+    def _forget_macs_of(self, peer: str, then) -> None:
+        macs = [m.hex(":") for m in self.macs.macs_of(peer)]
+
+        async def forget():
+            try:
+                await asyncio.to_thread(tap.forget_macs, self.device, macs)
+            except Exception as exc:     # the tap went meanwhile: nothing to forget
+                log.debug("sleeve: forgetting %s's MACs: %s", peer, exc)
+            then()
+        task = self._loop.create_task(forget())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _heartbeat(self, hb: Heartbeat, addr: tuple[str, int]) -> None:
         conn = self._conns.get(hb.conn_uid)
@@ -251,21 +278,46 @@ class Sleeve:
             self.core.dropped["too_big"] += 1
             return
         hv = memoryview(heads)
-        for i in range(count):
-            parts = [hv[i * FRAME_HEAD:(i + 1) * FRAME_HEAD], data[i * size:(i + 1) * size]]
-            try:
-                try:
-                    self._sock.sendmsg(parts, [], 0, link.addr)
-                except BlockingIOError:         # the send queue is full: give it a moment, once
-                    select.select([], [self._sock], [], SEND_WAIT)
-                    self._sock.sendmsg(parts, [], 0, link.addr)
-            except BlockingIOError:
-                self._traffic["send_queue_full"] += 1
+        seg = FRAME_HEAD + size
+        if count > 1 and self._gso:
+            # UDP GSO (UDP_SEGMENT): the kernel cuts one send into `seg`-byte datagrams, every
+            # chunk's header and data laid out in turn; one syscall per ~64 KiB, not per chunk.
+            per_call = min(GSO_SEGMENTS, GSO_BYTES // seg)
+            cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))]
+            for first in range(0, count, per_call):
+                parts = []
+                for i in range(first, min(first + per_call, count)):
+                    parts += (hv[i * FRAME_HEAD:(i + 1) * FRAME_HEAD], data[i * size:(i + 1) * size])
+                sent = self._sendmsg(parts, cmsg, link.addr)
+                if sent is None:
+                    if not self._gso:       # the kernel refused GSO: plain sends from now on
+                        break
+                    return
+            else:
+                self._traffic["datagrams_out"] += count
                 return
-            except OSError as exc:
-                self._traffic["send_too_big" if exc.errno == errno.EMSGSIZE else "send_errors"] += 1
+        for i in range(count):
+            if self._sendmsg([hv[i * FRAME_HEAD:(i + 1) * FRAME_HEAD], data[i * size:(i + 1) * size]], [],
+                             link.addr) is None:
                 return
         self._traffic["datagrams_out"] += count
+
+    def _sendmsg(self, parts: list, cmsg: list, addr) -> int | None:
+        """One sendmsg; on a full send queue wait a moment, once.  None: not sent (counted)."""
+        try:
+            try:
+                return self._sock.sendmsg(parts, cmsg, 0, addr)
+            except BlockingIOError:
+                select.select([], [self._sock], [], SEND_WAIT)
+                return self._sock.sendmsg(parts, cmsg, 0, addr)
+        except BlockingIOError:
+            self._traffic["send_queue_full"] += 1
+        except OSError as exc:
+            if cmsg and exc.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                self._gso = False
+                log.warning("sleeve: UDP GSO refused (%s); sending a datagram per chunk", exc.strerror)
+            self._traffic["send_too_big" if exc.errno == errno.EMSGSIZE else "send_errors"] += 1
+        return None
 
     def _udp_to_tap(self) -> None:
         buf = bytearray(65536)
@@ -274,10 +326,11 @@ class Sleeve:
         reassembler = Reassembler()
         traffic = self._traffic
         next_sweep = 0.0
+        ancillary = socket.CMSG_SPACE(4)
         while self._wait(self._sock.fileno()):
             for _ in range(DRAIN):
                 try:
-                    n, addr = self._sock.recvfrom_into(buf)
+                    n, cmsgs, _, addr = self._sock.recvmsg_into([buf], ancillary)
                 except BlockingIOError:
                     break
                 except OSError:
@@ -285,33 +338,40 @@ class Sleeve:
                         return
                     traffic["recv_errors"] += 1     # e.g. ICMP port unreachable for an earlier send
                     continue
-                try:
-                    msg = decode_datagram(view[:n])
-                except SleeveDecodeError as exc:
-                    traffic["decode_" + exc.kind] += 1
-                    continue
-                if isinstance(msg, Heartbeat):
-                    self._loop.call_soon_threadsafe(self._heartbeat, msg, addr)
-                    continue
-                if not isinstance(msg, Frame):
-                    traffic["ignored"] += 1             # probes: path MTU discovery is to come
-                    continue
-                state = self.state
-                sender = state.by_sender.get(msg.sender)
-                if sender is None or state.hops[sender].addr != addr:
-                    traffic["unknown_sender"] += 1      # not a connected peer, or not from its address
-                    continue
-                whole = reassembler.add(msg.sender, msg, time.monotonic())
-                if whole is None:
-                    continue
-                traffic["frames_in"] += 1
-                self._deliver(state, sender, msg, whole, heads)
+                # UDP GRO: datagrams of one sender coalesced, every one `seg` bytes but the last
+                seg = next((int.from_bytes(data[:4], sys.byteorder) for level, kind, data in cmsgs
+                            if level == SOL_UDP and kind == UDP_GRO), n) or n
+                for offset in range(0, n, seg):
+                    self._datagram(view[offset:min(offset + seg, n)], addr, reassembler, heads)
             now = time.monotonic()
             reassembler.expire(now)
             if now >= next_sweep:
                 next_sweep = now + 1.0
                 for mac, peer in self.macs.expire(now):
                     log.debug("sleeve: expired MAC %s at %s", mac.hex(":"), peer)
+
+    def _datagram(self, data: memoryview, addr, reassembler: Reassembler, heads: bytearray) -> None:
+        traffic = self._traffic
+        try:
+            msg = decode_datagram(data)
+        except SleeveDecodeError as exc:
+            traffic["decode_" + exc.kind] += 1
+            return
+        if isinstance(msg, Heartbeat):
+            self._loop.call_soon_threadsafe(self._heartbeat, msg, addr)
+            return
+        if not isinstance(msg, Frame):
+            traffic["ignored"] += 1             # probes: path MTU discovery is to come
+            return
+        state = self.state
+        sender = state.by_sender.get(msg.sender)
+        if sender is None or state.hops[sender].addr != addr:
+            traffic["unknown_sender"] += 1      # not a connected peer, or not from its address
+            return
+        whole = reassembler.add(msg.sender, msg, time.monotonic())
+        if whole is not None:
+            traffic["frames_in"] += 1
+            self._deliver(state, sender, msg, whole, heads)
 
     def _deliver(self, state: ForwardingState, sender: str, msg: Frame, whole: memoryview, heads) -> None:
         eth = whole[VNET_HLEN:] if msg.flags & VNET else whole
@@ -346,6 +406,7 @@ class SleeveConnection:
         # its first heartbeat says where it really is (it may come through NAT).
         self.addr = (params.remote_ip, params.remote_port if params.outbound else overlay.port)
         self.learnt = params.outbound
+        self.active = True          # carries this peer's frames (False: standby beside fastdp, relays only)
         self.dgram_max = _path_datagram_max(params.remote_ip)
         self._link = HeartbeatLink(f"{self.addr[0]}:{self.addr[1]}", overlay.timers)
         self._heartbeat_bytes = encode_heartbeat(overlay.me, params.conn_uid, mac_bytes(self.remote_name))
@@ -382,6 +443,16 @@ class SleeveConnection:
         if not self._stopped:
             self._halt()
             self.overlay._released(self)
+
+    def set_carrying(self, carrying: bool, then) -> None:
+        """For the overlay switch: carry this peer's frames, or stand by (fastdp carries them) after
+        the bridge forgets the peer's MACs behind the tap, so its next frames go to the kernel."""
+        self.active = carrying
+        self.overlay._rebuild()
+        if carrying:
+            then()
+        else:
+            self.overlay._forget_macs_of(self.remote_name, then)
 
     def attrs(self) -> dict:
         out = {"name": "sleeve", "mtu": self.dgram_max - OVERHEAD, "udp": f"{self.addr[0]}:{self.addr[1]}",

@@ -103,3 +103,12 @@ def port_flags(name: str) -> dict:
                 return {k: info.get_attr(f"IFLA_BRPORT_{k.upper()}")
                         for k in ("isolated", "learning", "unicast_flood", "mcast_flood", "multicast_router")}
     return {}
+
+
+def forget_macs(name: str, macs: list[str]) -> int:
+    """The bridge forgets what it learnt behind the tap for these MACs (their peer is now reached by
+    the kernel fast path: the next frame floods and is learnt on the VXLAN port)."""
+    from .vxlan import forget_bridge_macs
+    with IPRoute() as ipr:
+        idx = link_index(ipr, name)
+        return 0 if idx is None else forget_bridge_macs(ipr, idx, macs)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_PERMANENT
+from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_PERMANENT
 
 from .bridge import link_index
 
@@ -136,10 +136,13 @@ def add_flood(name: str, dst: str) -> None:
 
 
 def remove_vtep(name: str, dst: str) -> int:
-    """Forget a remote VTEP: its flood entry and every MAC learned behind it.  Returns how many went."""
+    """Forget a remote VTEP: its flood entry and every MAC learned behind it, in the device and in
+    the bridge (whose entry would keep sending those MACs' frames to this port).  Returns how
+    many device entries went."""
     removed = 0
     with IPRoute() as ipr:
         index = _index(ipr, name)
+        macs = []
         for entry in _entries(ipr, index):
             if entry.dst != dst:
                 continue
@@ -149,7 +152,24 @@ def remove_vtep(name: str, dst: str) -> int:
             except NetlinkError as exc:
                 if exc.code != errno.ENOENT:  # aged out meanwhile
                     raise
+            if entry.mac != FLOOD_MAC:
+                macs.append(entry.mac)
+        forget_bridge_macs(ipr, index, macs)
     return removed
+
+
+def forget_bridge_macs(ipr: IPRoute, port: int, macs) -> int:
+    """Delete the bridge's learnt entries for `macs` on port `port` (a data path no longer carries
+    them: the next frame floods, and is learnt again where it now arrives)."""
+    gone = 0
+    for mac in macs:
+        try:
+            ipr.fdb("del", ifindex=port, lladdr=mac, flags=NTF_MASTER)
+            gone += 1
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENOENT, errno.EINVAL):
+                raise
+    return gone
 
 
 def delete_device(name: str) -> bool:

@@ -180,6 +180,7 @@ def test_expose_hide_and_reset_leave_nothing(h):
     h.weavepy("expose")
     h.weavepy("reset")
     assert "weave" not in h.links() and h.veths() == []
+    assert not [link for link in h.links() if link.startswith(("vxlan-", "sleeve-"))]   # no data path left
     rules = h.run("iptables -S; iptables -t nat -S").stdout
     assert "WEAVE" not in rules
     assert h.run("ls -A /var/lib/weavepy").stdout.strip() == ""

@@ -34,9 +34,11 @@ def test_no_fastdp_carries_traffic_in_the_sleeve_intact_both_ways(clean_hosts):
         assert tcp_transfer(src, sc, dst, dc, ip, 4 << 20)
 
 
-def test_a_chain_of_sleeves_relays_between_hosts_that_cannot_reach_each_other(clean_hosts, third_host):
+@pytest.mark.parametrize("flags", [["--no-fastdp"], []], ids=["sleeve-only", "fastdp-links"])
+def test_a_chain_relays_between_hosts_that_cannot_reach_each_other(clean_hosts, third_host, flags):
     """H1 - H2 - H3 without discovery, H1 and H3 cut off from each other: c1 and c3 talk through
-    H2, which relays their frames (the fast path cannot: it carries only between neighbours)."""
+    H2, whose sleeve relays their frames (the fast path cannot: it carries only between
+    neighbours), also when the links themselves are fastdp."""
     h1, h2 = clean_hosts
     h3 = third_host
     h3.remove_all_containers()
@@ -44,10 +46,12 @@ def test_a_chain_of_sleeves_relays_between_hosts_that_cannot_reach_each_other(cl
     try:
         for a, b in ((h1, h3), (h3, h1)):
             a.run(f"iptables -A INPUT -s {b.ip} -j DROP; iptables -A OUTPUT -d {b.ip} -j DROP")
-        h1.weavepy("launch", "--no-fastdp", "--no-discovery")
-        h2.weavepy("launch", "--no-fastdp", "--no-discovery", h1.ip)
-        h3.weavepy("launch", "--no-fastdp", "--no-discovery", h2.ip)
+        h1.weavepy("launch", *flags, "--no-discovery")
+        h2.weavepy("launch", *flags, "--no-discovery", h1.ip)
+        h3.weavepy("launch", *flags, "--no-discovery", h2.ip)
         assert wait_for(lambda: status_line(h2, "Connections") == "2 (2 established)", timeout=30)
+        kind = "sleeve" if flags else "fastdp"
+        assert all(c[4].startswith(kind) for c in connections(h2)), connections(h2)
         h1.weavepy("run", "10.2.1.1/24", "-t", "--name", "c1", "busybox", "sh")
         h3.weavepy("run", "10.2.1.3/24", "-t", "--name", "c3", "busybox", "sh")
         assert wait_for(lambda: h1.ping("c1", "10.2.1.3"), timeout=15)
@@ -116,3 +120,63 @@ def test_garbage_at_the_sleeve_port_is_counted_and_traffic_goes_on(clean_hosts):
     counted += sleeve["metrics"].get("unknown_heartbeats", 0)
     assert counted >= 19000, sleeve                          # a few may be lost in the socket queue
     assert h1.daemon_pid() is not None
+
+
+def ping_gaps(h, container, ip, seconds, during):
+    """Ping every 0.2 s for `seconds` while `during()` runs; the longest gap between replies (s)."""
+    import re
+    import subprocess
+    pid = h.docker("inspect", "-f", "{{.State.Pid}}", container)
+    ping = h.popen(["nsenter", "-t", pid, "-n", "ping", "-i", "0.2", "-W", "1", "-w", str(seconds), ip],
+                   stdout=subprocess.PIPE, text=True)
+    try:
+        during()
+        out, _ = ping.communicate(timeout=seconds + 20)
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+    seqs = [int(m) for m in re.findall(r"icmp_seq=(\d+)", out)]
+    assert len(seqs) > 10, out
+    return max((b - a) * 0.2 for a, b in zip(seqs, seqs[1:]))
+
+
+def on(h, kind) -> bool:
+    rows = connections(h)
+    return len(rows) == 1 and rows[0][3] == "established" and rows[0][4].startswith(kind)
+
+
+def test_fastdp_blocked_falls_back_to_the_sleeve_and_comes_back_when_unblocked(clean_hosts):
+    import time
+    h1, h2 = clean_hosts
+    block = "iptables -{} INPUT -p udp --dport 6784 -j DROP"
+    for h in (h1, h2):
+        h.run(block.format("A"))
+    try:
+        h1.weavepy("launch")
+        h2.weavepy("launch", h1.ip)
+        assert wait_for(lambda: on(h1, "sleeve") and on(h2, "sleeve"), timeout=60), \
+            h1.weavepy("status", "connections").stdout
+        assert "fastdp=no heartbeat" in h1.weavepy("status", "connections").stdout     # and why
+        h1.weavepy("run", "10.2.1.1/24", "-t", "--name", "c1", "busybox", "sh")
+        h2.weavepy("run", "10.2.1.2/24", "-t", "--name", "c2", "busybox", "sh")
+        assert wait_for(lambda: h1.ping("c1", "10.2.1.2"), timeout=10)
+        assert tcp_transfer(h1, "c1", h2, "c2", "10.2.1.2", 1 << 20)
+
+        def unblock():           # back to fastdp, made before the sleeve lets go: no gap
+            time.sleep(1)
+            for h in (h1, h2):
+                h.run(block.format("D"))
+            assert wait_for(lambda: on(h1, "fastdp") and on(h2, "fastdp"), timeout=60)
+            time.sleep(2)
+        assert ping_gaps(h1, "c1", "10.2.1.2", 30, unblock) <= 0.4
+        assert "fastdp=" not in h1.weavepy("status", "connections").stdout
+        assert tcp_transfer(h2, "c2", h1, "c1", "10.2.1.1", 1 << 20)
+
+        for h in (h1, h2):       # blocked again: its heartbeats stop, and the sleeve takes over
+            h.run(block.format("A"))
+        assert wait_for(lambda: on(h1, "sleeve") and on(h2, "sleeve"), timeout=60)
+        assert wait_for(lambda: h1.ping("c1", "10.2.1.2"), timeout=10)
+        assert tcp_transfer(h1, "c1", h2, "c2", "10.2.1.2", 1 << 20)
+    finally:
+        for h in (h1, h2):
+            h.run("iptables -F INPUT", check=False)

@@ -342,7 +342,9 @@ def cmd_reset(args):
             if not force:
                 raise CLIError(f"reset: {what}: {exc} (use --force to carry on)") from None
 
-    from weavepy.net import bridge, iptables, veth
+    from weavepy.net import bridge, iptables, veth, vxlan
+    from weavepy import statefile
+    launched = statefile.read_json(cfg.run_path(cfg.LAUNCH_FILE)) or {}
     if client.running_pid() is not None:     # our IP space to another peer first, so none of it is lost
         try:
             client.request("POST", "/weavepy/leave", timeout=10)
@@ -351,6 +353,10 @@ def cmd_reset(args):
     step("stopping the daemon", client.stop_daemon)
     step("removing container interfaces", lambda: [veth.delete_host_end(n) for n in veth.host_ends()])
     step("removing the bridge", bridge.delete_bridge)
+    # the fast path's device outlives the router on purpose (containers keep talking); reset is
+    # the end of that, as Weave's deletes its datapath
+    step("removing the fast path device",
+         lambda: vxlan.delete_device(vxlan.device_name(int(launched.get("port") or cfg.DEFAULT_PORT))))
     step("removing iptables rules", iptables.teardown)
 
     def wipe():

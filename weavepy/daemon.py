@@ -33,6 +33,7 @@ from weavepy.ipam.allocator import Allocator
 from weavepy.mesh import peer_name
 from weavepy.mesh.driver import ListenError, MeshRouter
 from weavepy.mesh.overlay import NullOverlay
+from weavepy.mesh.overlay_switch import OverlaySwitch
 from weavepy.net import bridge, iptables, vxlan
 from weavepy.net.fastdp import FastDP, FastDPUnavailable
 from weavepy.net.sleeve import Sleeve, SleeveUnavailable
@@ -120,7 +121,7 @@ class Daemon:
                 log.warning("%s; the sleeve carries container traffic", exc)
         else:
             self.fastdp_error = "turned off (--no-fastdp or WEAVE_NO_FASTDP)"
-            if await asyncio.to_thread(vxlan.delete_device, vxlan.device_name(c.port + 1)):
+            if await asyncio.to_thread(vxlan.delete_device, vxlan.device_name(c.port)):
                 log.info("removed the fast path's device left by an earlier run")
         self.sleeve = Sleeve(self.peer, port=c.port, mtu=c.mtu, host=c.host,
                              beside_fastdp=self.fastdp is not None)
@@ -130,6 +131,9 @@ class Daemon:
         except SleeveUnavailable as exc:
             self.sleeve = None
             log.warning("sleeve unavailable: %s", exc)
+        if self.fastdp is not None and self.sleeve is not None:
+            # per connection: fastdp while it works, the sleeve when it does not
+            overlays = [OverlaySwitch(self.fastdp, self.sleeve), self.sleeve]
         if not overlays:
             log.warning("no data path: peer connections will carry no container traffic")
             overlays.append(NullOverlay())
