@@ -31,9 +31,9 @@ from ..mesh.overlay import ConnectionParams
 from ..mesh.wire import ProtocolError
 from . import vxlan
 from .bridge import BRIDGE, DEFAULT_MTU
-from .fastdp_heartbeat import (ACK, ETHERTYPE, Established, Health, HeartbeatLink, SendControl, SendHeartbeat,
-                               Timers, decode_heartbeat, encode_heartbeat, encode_vxlan)
+from .fastdp_heartbeat import ACK, ETHERTYPE, HeartbeatLink, Timers, decode_heartbeat, encode_heartbeat, encode_vxlan
 from .fastdp_vteps import DEFAULT_LINGER, AddFlood, VtepTable
+from .heartbeat_driver import HeartbeatDriver
 
 log = logging.getLogger("weavepy.fastdp")
 
@@ -230,7 +230,7 @@ class FastDP:
                 self._ops.task_done()
 
 
-class FastDPConnection:
+class FastDPConnection(HeartbeatDriver):
     """One control connection's fastdp link: heartbeats out, acks in, callbacks to the router."""
 
     def __init__(self, overlay: FastDP, params: ConnectionParams):
@@ -300,9 +300,6 @@ class FastDPConnection:
 
     # -- internals ------------------------------------------------------------------------------------
 
-    def _now(self) -> float:
-        return self.overlay._loop.time()
-
     def _halt(self) -> None:
         self._stopped = True
         if self._timer is not None:
@@ -350,42 +347,14 @@ class FastDPConnection:
             return f"{self.remote} refused heartbeats (ICMP port unreachable): is fastdp running there?"
         return f"heartbeat to {self.remote} failed: {exc.strerror}"
 
-    def _run(self, actions: list) -> None:
-        pending = list(actions)
-        while pending and not self._stopped:
-            action = pending.pop(0)
-            if isinstance(action, SendHeartbeat):
-                pending += self._send_heartbeat()
-            elif isinstance(action, SendControl):
-                self.overlay.metrics["acks_sent" if action.data == ACK else "holds_sent"] += 1
-                self._callback(self.params.send_control, action.data)
-            elif isinstance(action, Established):
-                log.info("fastdp: %s established (MTU %d proven both ways)", self.remote, self.overlay.mtu)
-                self.overlay._established(self, self._report_established)
-            elif isinstance(action, Health):
-                log.info("fastdp: %s %s", self.remote, "healthy again" if action.healthy else
-                         f"unhealthy: {self._link.error}")
-                self._callback(self.params.on_health, action.healthy)
-        self._reschedule()
+    def _established(self) -> None:
+        log.info("fastdp: %s established (MTU %d proven both ways)", self.remote, self.overlay.mtu)
+        self.overlay._established(self, self._report_established)
+
+    def _health(self, healthy: bool) -> None:
+        log.info("fastdp: %s %s", self.remote, "healthy again" if healthy else f"unhealthy: {self._link.error}")
+        self._callback(self.params.on_health, healthy)
 
     def _report_established(self) -> None:
         if not self._stopped:
             self._callback(self.params.on_established)
-
-    def _callback(self, fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception:   # the router's problem, but it must not stop our heartbeats
-            log.exception("fastdp: callback %s failed", getattr(fn, "__name__", fn))
-
-    def _reschedule(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self._link.next_deadline()
-        if deadline is not None and not self._stopped:
-            self._timer = self.overlay._loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._run(self._link.tick(self._now()))

@@ -40,8 +40,8 @@ from ..mesh.overlay import ConnectionParams
 from ..mesh.wire import ProtocolError
 from . import tap
 from .bridge import BRIDGE, DEFAULT_MTU
-from .fastdp_heartbeat import (Established, Health, HeartbeatLink, SendControl, SendHeartbeat, Timers, mac_bytes,
-                               mac_text)
+from .fastdp_heartbeat import HeartbeatLink, Timers, mac_bytes, mac_text
+from .heartbeat_driver import HeartbeatDriver
 from .sleeve_codec import (ACK, FRAME_HEAD, HEADS_BUFFER, MAX_FRAME, VNET, VNET_HLEN, ZERO_VNET, Frame,
                            Heartbeat, Reassembler, SleeveDecodeError, decode_control, decode_datagram,
                            encode_heartbeat, pack_chunk_heads)
@@ -258,10 +258,15 @@ class Sleeve:
                 eth = view[VNET_HLEN:n]
                 plain = buf[:VNET_HLEN] == ZERO_VNET
                 data, flags = (eth, 0) if plain else (view[:n], VNET)
-                for send in self.core.from_tap(bytes(eth[0:6]), bytes(eth[6:12]), state):
-                    frame_id = (frame_id + 1) & RELAYED_ID - 1
-                    self._send(state, send.hop, self.me, mac_bytes(send.dst_peer), send.flags | flags,
-                               send.hops_left, frame_id, data, heads)
+                try:
+                    for send in self.core.from_tap(bytes(eth[0:6]), bytes(eth[6:12]), state):
+                        frame_id = (frame_id + 1) & RELAYED_ID - 1
+                        self._send(state, send.hop, self.me, mac_bytes(send.dst_peer), send.flags | flags,
+                                   send.hops_left, frame_id, data, heads)
+                except Exception:   # a bug must cost one frame, never the data path
+                    traffic["tx_bugs"] += 1
+                    if traffic["tx_bugs"] == 1:
+                        log.exception("sleeve: sending a frame from the tap")
                 traffic["frames_out"] += 1
 
     def _send(self, state: ForwardingState, hop: str, src: bytes, dst: bytes, flags: int, hops: int,
@@ -338,11 +343,19 @@ class Sleeve:
                         return
                     traffic["recv_errors"] += 1     # e.g. ICMP port unreachable for an earlier send
                     continue
+                if n == 0:
+                    traffic["decode_short"] += 1        # an empty datagram
+                    continue
                 # UDP GRO: datagrams of one sender coalesced, every one `seg` bytes but the last
                 seg = next((int.from_bytes(data[:4], sys.byteorder) for level, kind, data in cmsgs
                             if level == SOL_UDP and kind == UDP_GRO), n) or n
-                for offset in range(0, n, seg):
-                    self._datagram(view[offset:min(offset + seg, n)], addr, reassembler, heads)
+                try:
+                    for offset in range(0, n, seg):
+                        self._datagram(view[offset:min(offset + seg, n)], addr, reassembler, heads)
+                except Exception:   # a bug must cost one datagram, never the data path
+                    traffic["rx_bugs"] += 1
+                    if traffic["rx_bugs"] == 1:
+                        log.exception("sleeve: handling a datagram from %s:%d", *addr)
             now = time.monotonic()
             reassembler.expire(now)
             if now >= next_sweep:
@@ -394,7 +407,7 @@ class Sleeve:
                 self._traffic["tap_write_errors"] += 1
 
 
-class SleeveConnection:
+class SleeveConnection(HeartbeatDriver):
     """One control connection's sleeve link: heartbeats out over UDP, acks back over TCP."""
 
     def __init__(self, overlay: Sleeve, params: ConnectionParams):
@@ -463,9 +476,6 @@ class SleeveConnection:
 
     # -- internals ------------------------------------------------------------------------------------
 
-    def _now(self) -> float:
-        return self.overlay._loop.time()
-
     def _halt(self) -> None:
         self._stopped = True
         if self._timer is not None:
@@ -494,41 +504,14 @@ class SleeveConnection:
         self.overlay.metrics["heartbeats_sent"] += 1
         return []
 
-    def _run(self, actions: list) -> None:
-        pending = list(actions)
-        while pending and not self._stopped:
-            action = pending.pop(0)
-            if isinstance(action, SendHeartbeat):
-                pending += self._send_heartbeat()
-            elif isinstance(action, SendControl):
-                self.overlay.metrics["acks_sent" if action.data == ACK else "holds_sent"] += 1
-                self._callback(self.params.send_control, action.data)
-            elif isinstance(action, Established):
-                log.info("sleeve: %s at %s:%d established", self.remote_name, *self.addr)
-                self.overlay._rebuild()
-                self._callback(self.params.on_established)
-            elif isinstance(action, Health):
-                self.overlay._rebuild()
-                self._callback(self.params.on_health, action.healthy)
-        self._reschedule()
+    def _established(self) -> None:
+        log.info("sleeve: %s at %s:%d established", self.remote_name, *self.addr)
+        self.overlay._rebuild()
+        self._callback(self.params.on_established)
 
-    def _callback(self, fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception:   # the router's problem, but it must not stop our heartbeats
-            log.exception("sleeve: callback %s failed", getattr(fn, "__name__", fn))
-
-    def _reschedule(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self._link.next_deadline()
-        if deadline is not None and not self._stopped:
-            self._timer = self.overlay._loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._run(self._link.tick(self._now()))
+    def _health(self, healthy: bool) -> None:
+        self.overlay._rebuild()
+        self._callback(self.params.on_health, healthy)
 
 
 def _path_datagram_max(ip: str) -> int:
