@@ -149,4 +149,7 @@ class SwitchConnection:
                 self.params.on_health(True)
             self._choose()                   # it may have changed again meanwhile
 
-        self.members[wanted].set_carrying(True, made)
+        if wanted == "fastdp" and old is None:
+            made()           # fastdp's first establishment already put its flood entry in the kernel
+        else:
+            self.members[wanted].set_carrying(True, made)
