@@ -67,6 +67,7 @@ class SwitchConnection:
         self.switch = switch
         self.active: str | None = None
         self._waited = False             # fastdp had its grace at the start
+        self._timer = None
         self._reported = False
         self._switching = False
         self._stopped = False
@@ -99,9 +100,8 @@ class SwitchConnection:
 
     def stop(self) -> None:
         self._stopped = True
-        timer = getattr(self, "_timer", None)
-        if timer is not None and hasattr(timer, "cancel"):
-            timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         for member in self.members.values():
             member.stop()
 

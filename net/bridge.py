@@ -44,13 +44,18 @@ def ensure_bridge(mac: str, mtu: int, name: str = BRIDGE) -> None:
         ipr.link("set", index=idx, state="up")
 
 
-def delete_bridge(name: str = BRIDGE) -> bool:
+def delete_link(name: str) -> bool:
+    """Remove an interface by name; whether it was there."""
     with IPRoute() as ipr:
         idx = link_index(ipr, name)
         if idx is None:
             return False
         ipr.link("del", index=idx)
         return True
+
+
+def delete_bridge(name: str = BRIDGE) -> bool:
+    return delete_link(name)
 
 
 def addresses(name: str = BRIDGE) -> list[ipaddress.IPv4Interface]:

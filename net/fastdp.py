@@ -274,12 +274,6 @@ class FastDPConnection(HeartbeatDriver):
         self.overlay.metrics["acks_received" if data == ACK else "holds_received"] += 1
         self._run(actions)
 
-    def stop(self) -> None:
-        if self._stopped:
-            return
-        self._halt()
-        self.overlay._released(self)
-
     def set_carrying(self, carrying: bool, then) -> None:
         """For the overlay switch: give the kernel this peer's traffic (flood entry installed, then
         `then`), or take it away (its VTEP removed, then `then`)."""

@@ -13,7 +13,13 @@ log = logging.getLogger("weavepy.overlay")
 class HeartbeatDriver:
     """Mixed into an overlay connection that has `_link`, `params`, `overlay` (with `metrics` and
     `_loop`), `_stopped` and `_timer`, and implements `_send_heartbeat() -> list` (more actions),
-    `_established()` and `_health(healthy)`."""
+    `_established()` and `_health(healthy)`, `_halt()`; its overlay has `_released(conn)`."""
+
+    def stop(self) -> None:
+        """The control connection ended (idempotent)."""
+        if not self._stopped:
+            self._halt()
+            self.overlay._released(self)
 
     def _now(self) -> float:
         return self.overlay._loop.time()

@@ -235,11 +235,15 @@ class Sleeve:
 
     # -- the threads --------------------------------------------------------------------------------
 
-    def _wait(self, fd: int) -> bool:
-        """Until fd is readable (True) or we are closing (False)."""
+    def _poller(self, fd: int):
+        """A poll on fd and the wake pipe, made once per thread."""
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        return poller
+
+    def _wait(self, poller, fd: int) -> bool:
+        """Until fd is readable (True) or we are closing (False)."""
         while not self._closing:
             for ready, _ in poller.poll(1000):
                 if ready == fd:
@@ -252,7 +256,8 @@ class Sleeve:
         heads = bytearray(HEADS_BUFFER)
         frame_id = 0
         traffic = self._traffic
-        while self._wait(self._tap):
+        poller = self._poller(self._tap)
+        while self._wait(poller, self._tap):
             for _ in range(DRAIN):
                 try:
                     n = os.readv(self._tap, [buf])
@@ -345,7 +350,9 @@ class Sleeve:
         traffic = self._traffic
         next_sweep = 0.0
         ancillary = socket.CMSG_SPACE(4)
-        while self._wait(self._sock.fileno()):
+        fd = self._sock.fileno()
+        poller = self._poller(fd)
+        while self._wait(poller, fd):
             for _ in range(DRAIN):
                 try:
                     n, cmsgs, _, addr = self._sock.recvmsg_into([buf], ancillary)
@@ -464,11 +471,6 @@ class SleeveConnection(HeartbeatDriver):
             return
         self.overlay.metrics["acks_received" if decoded == ACK else "holds_received"] += 1
         self._run(actions)
-
-    def stop(self) -> None:
-        if not self._stopped:
-            self._halt()
-            self.overlay._released(self)
 
     def set_carrying(self, carrying: bool, then) -> None:
         """For the overlay switch: carry this peer's frames, or stand by (fastdp carries them) after

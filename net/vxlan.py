@@ -19,7 +19,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_PERMANENT
 
-from .bridge import link_index
+from .bridge import delete_link, link_index
 
 # One fixed VNI for the whole network (0x574E, "WN").  Weave's ODP fastdp puts
 # the (src, dst) short IDs in each packet's VNI; a plain Linux device has one.
@@ -175,9 +175,4 @@ def forget_bridge_macs(ipr: IPRoute, port: int, macs) -> int:
 def delete_device(name: str) -> bool:
     """Remove a fast-path device left by an earlier run (the router now runs without fastdp: its
     flood entries would carry every broadcast a second time, beside the sleeve).  Whether it was there."""
-    with IPRoute() as ipr:
-        index = link_index(ipr, name)
-        if index is None:
-            return False
-        ipr.link("del", index=index)
-        return True
+    return delete_link(name)

@@ -14,6 +14,10 @@ if [ -n "$tests" ]; then
     command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
     command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)  # the Dockerfile's offline base
     command -v ethtool >/dev/null 2>&1 || need_pkgs+=(ethtool)          # reads a tap's offloads (test_tap)
+    # run on the simulated hosts: ping in containers' namespaces, the proxy tests' curl, sysctl
+    for pair in ping:iputils-ping curl:curl sysctl:procps; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
+    done
 fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 # The package build compiles weavewait, the proxy's static helper, from proxy/weavewait.c (setup.py).

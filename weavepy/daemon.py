@@ -110,12 +110,10 @@ class Daemon:
         """The mesh: peers over TCP (--port), the kernel fast path on UDP port+1, the sleeve on
         UDP port.  Each connection takes the first overlay both ends have, fastdp first."""
         c = self.config
-        overlays = []
         if c.fastdp:
             self.fastdp = FastDP(self.peer, port=c.port, mtu=c.mtu)
             try:
                 await self.fastdp.start()
-                overlays.append(self.fastdp)
             except FastDPUnavailable as exc:
                 self.fastdp, self.fastdp_error = None, str(exc)
                 log.warning("%s; the sleeve carries container traffic", exc)
@@ -127,16 +125,17 @@ class Daemon:
                              beside_fastdp=self.fastdp is not None)
         try:
             await self.sleeve.start()
-            overlays.append(self.sleeve)
         except SleeveUnavailable as exc:
             self.sleeve = None
             log.warning("sleeve unavailable: %s", exc)
         if self.fastdp is not None and self.sleeve is not None:
             # per connection: fastdp while it works, the sleeve when it does not
             overlays = [OverlaySwitch(self.fastdp, self.sleeve), self.sleeve]
+        else:
+            overlays = [o for o in (self.fastdp, self.sleeve) if o is not None]
         if not overlays:
             log.warning("no data path: peer connections will carry no container traffic")
-            overlays.append(NullOverlay())
+            overlays = [NullOverlay()]
         self.router = MeshRouter(self.peer, c.effective_nickname, uid=self.uid, port=c.port, host=c.host,
                                  conn_limit=c.conn_limit, discovery=c.discovery, overlays=overlays,
                                  on_targets_changed=self.save_targets)

@@ -317,7 +317,11 @@ class HostNetwork:
                 await asyncio.to_thread(veth.announce, pid, mac, cidrs)
             except Exception as exc:  # the container may already be gone
                 log.debug("gratuitous ARP for %s: %s", pid, exc)
-        task = asyncio.create_task(send())
+        self._spawn(send())
+
+    def _spawn(self, coro) -> None:
+        """Run coro in the background, holding on to its task until it is done."""
+        task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -490,9 +494,7 @@ class HostNetwork:
                 found.append((cid, iface.cidrs, True))
         for ident, cidrs, is_container in found:
             self.reclaiming.add(ident)
-            task = asyncio.create_task(self._reclaim(ident, cidrs, is_container))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._reclaim(ident, cidrs, is_container))
 
     async def _reclaim(self, ident: str, cidrs, is_container: bool):
         try:

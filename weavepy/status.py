@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from weavepy import __version__
+from weavepy.ipam.request import AllocateIn, Claim
 
 PROTOCOL_MIN, PROTOCOL_MAX = 1, 2
 
@@ -44,9 +45,9 @@ def ipam_report(config, peer: str, allocator, pending: dict[str, list]) -> dict:
         "Entries": entries,
         "PeerSizes": allocator.ring.peer_sizes(),
         "PendingClaims": [{"Ident": ident, "CIDR": str(r.cidr)}
-                          for ident, reqs in pending.items() for r in reqs if hasattr(r, "cidr")],
+                          for ident, reqs in pending.items() for r in reqs if isinstance(r, Claim)],
         "PendingAllocates": [f"{ident} {r.subnet}"
-                             for ident, reqs in pending.items() for r in reqs if hasattr(r, "subnet")],
+                             for ident, reqs in pending.items() for r in reqs if isinstance(r, AllocateIn)],
     }
 
 
